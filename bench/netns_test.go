@@ -1,0 +1,324 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/packetparamedic/reflector/bench/internal/iperfrun"
+	"github.com/packetparamedic/reflector/internal/testutil"
+)
+
+// reflectorBinEnv names a prebuilt reflector binary for the accuracy test to
+// use instead of building one (CI has just run `make build`).
+const reflectorBinEnv = "REFLECTOR_BENCH_BIN"
+
+// Shaping of the link between the two namespaces: tbf on the root qdisc of
+// both veth ends, so each direction is shaped on its sending side.
+const (
+	shapeRate = 100e6 // bits/s, tbf "rate 100mbit"
+	shapeTBF  = "tbf rate 100mbit burst 32kbit latency 50ms"
+)
+
+// Expected receiver goodput under the shaper. tbf on a veth charges each
+// packet its skb->len, which at the root qdisc of an Ethernet device is the
+// frame without preamble, FCS or inter-frame gap: the IP packet plus a
+// 14-byte Ethernet header. With the veth's MTU of 1500:
+//   - TCP (timestamps on, the namespace default): 1448 payload bytes in a
+//     1500+14 = 1514-byte frame -> 100 Mbit/s * 1448/1514 = 95.64 Mbit/s;
+//   - UDP with -l 1400: 1400 payload + 8 UDP + 20 IP + 14 Ethernet = 1442
+//     bytes -> 100 Mbit/s * 1400/1442 = 97.09 Mbit/s.
+const (
+	udpPayload     = 1400
+	tcpExpectedBps = shapeRate * 1448 / 1514
+	udpExpectedBps = shapeRate * udpPayload / (udpPayload + 8 + 20 + 14)
+)
+
+// Tolerances from the acceptance: ours within 2% of stock under the same
+// shaping, and within 5% of what the shaped link can carry.
+const (
+	vsStockTolerance    = 0.02
+	vsExpectedTolerance = 0.05
+)
+
+const (
+	accuracySeconds = 3
+	stockPort       = 5201
+	oursPort        = 5202
+	// measureBudget bounds the measurements (setup and build excluded).
+	measureBudget = 60 * time.Second
+)
+
+// TestAccuracyUnderShaping runs the stock iperf3 client in one network
+// namespace against stock `iperf3 -s` and against our server in another,
+// over a veth pair shaped to 100 Mbit/s in each direction, and checks that the
+// receiver throughput reported with our server matches stock's and the
+// shaped rate. TCP and UDP, both directions.
+//
+// UDP offers 120 Mbit/s of payload, more than the link carries, so that the
+// shaper and not the sender's pacing sets the rate. On a veth the queued
+// packets count against the sending socket's buffer, so the excess mostly
+// holds the sender back instead of being dropped; either way the receiver's
+// count is what is compared.
+//
+// A case that misses is run once more (both servers) because the machine may
+// be shared; both tries are logged and the second decides.
+func TestAccuracyUnderShaping(t *testing.T) {
+	if testing.Short() {
+		t.Skip("ACCURACY TEST NOT RUN: -short (it takes about 30 s)")
+	}
+	requireNetns(t)
+	iperf3 := testutil.LookBinary(t, "iperf3")
+	reflector := reflectorBinary(t)
+
+	link := newShapedLink(t)
+	stock := startInNamespace(t, link.serverNS, stockPort,
+		iperf3, "-s", "-B", link.serverAddr, "-p", strconv.Itoa(stockPort))
+	ours := startInNamespace(t, link.serverNS, oursPort,
+		reflector, "iperf3-server", "--listen", net.JoinHostPort(link.serverAddr, strconv.Itoa(oursPort)))
+
+	ctx, cancel := context.WithTimeout(context.Background(), measureBudget)
+	defer cancel()
+	client := iperfrun.Client{Binary: iperf3, Wrap: []string{"ip", "netns", "exec", link.clientNS}}
+	udpArgs := []string{"-u", "-b", "120M", "-l", strconv.Itoa(udpPayload)}
+	cases := []struct {
+		name     string
+		args     []string
+		expected float64
+	}{
+		{"tcp", nil, tcpExpectedBps},
+		{"tcp -R", []string{"-R"}, tcpExpectedBps},
+		{"udp", udpArgs, udpExpectedBps},
+		{"udp -R", append(append([]string{}, udpArgs...), "-R"), udpExpectedBps},
+	}
+	for _, tc := range cases {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			var problems []string
+			for try := 1; try <= 2; try++ {
+				s, err := client.Run(ctx, link.serverAddr, stockPort, accuracySeconds, tc.args...)
+				if err != nil {
+					t.Fatalf("stock server: %v\nserver output: %s", err, stock.Output())
+				}
+				o, err := client.Run(ctx, link.serverAddr, oursPort, accuracySeconds, tc.args...)
+				if err != nil {
+					t.Fatalf("our server: %v\nserver output: %s", err, ours.Output())
+				}
+				problems = checkAccuracy(s.ReceivedBitsPerSecond, o.ReceivedBitsPerSecond, tc.expected)
+				t.Logf("%s try %d: stock %.2f Mbit/s (loss %.2f%%), ours %.2f Mbit/s (loss %.2f%%); ours/stock %+.2f%%, ours vs expected %.2f Mbit/s %+.2f%%, vs 100 Mbit/s %+.2f%%",
+					tc.name, try, s.ReceivedBitsPerSecond/1e6, s.LossPercent, o.ReceivedBitsPerSecond/1e6, o.LossPercent,
+					100*rel(o.ReceivedBitsPerSecond, s.ReceivedBitsPerSecond), tc.expected/1e6,
+					100*rel(o.ReceivedBitsPerSecond, tc.expected), 100*rel(o.ReceivedBitsPerSecond, shapeRate))
+				if len(problems) == 0 {
+					return
+				}
+				t.Logf("%s try %d missed: %s", tc.name, try, strings.Join(problems, "; "))
+			}
+			t.Errorf("%s: missed on both tries: %s", tc.name, strings.Join(problems, "; "))
+		})
+	}
+}
+
+// checkAccuracy returns what is wrong with our receiver throughput against
+// stock's and against the expected goodput, nothing when both are in
+// tolerance.
+func checkAccuracy(stock, ours, expected float64) []string {
+	var problems []string
+	if d := rel(ours, stock); math.Abs(d) > vsStockTolerance {
+		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from stock's %.2f Mbit/s (limit %.0f%%)",
+			ours/1e6, 100*d, stock/1e6, 100*vsStockTolerance))
+	}
+	if d := rel(ours, expected); math.Abs(d) > vsExpectedTolerance {
+		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from the expected %.2f Mbit/s (limit %.0f%%)",
+			ours/1e6, 100*d, expected/1e6, 100*vsExpectedTolerance))
+	}
+	return problems
+}
+
+func rel(v, ref float64) float64 {
+	if ref == 0 {
+		return math.Inf(1)
+	}
+	return v/ref - 1
+}
+
+// requireNetns skips the test, loudly, unless it runs as root on Linux with
+// ip and tc installed and network namespaces usable.
+func requireNetns(t *testing.T) {
+	t.Helper()
+	skip := func(why string) {
+		t.Helper()
+		t.Skip("ACCURACY TEST NOT RUN: " + why + " (it needs root, ip netns and tc; CI runs it as root)")
+	}
+	if runtime.GOOS != "linux" {
+		skip("not Linux")
+	}
+	if os.Geteuid() != 0 {
+		skip("not root")
+	}
+	for _, bin := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			skip(bin + " is not installed")
+		}
+	}
+	probe := fmt.Sprintf("ppr-probe-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		skip(fmt.Sprintf("ip netns add failed: %v: %s", err, bytes.TrimSpace(out)))
+	}
+	if out, err := exec.Command("ip", "netns", "del", probe).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", probe, err, out)
+	}
+}
+
+// reflectorBinary returns the reflector binary under test: $REFLECTOR_BENCH_BIN
+// when set, otherwise one built from this checkout into a temporary directory.
+func reflectorBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv(reflectorBinEnv); p != "" {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatalf("%s=%s: %v", reflectorBinEnv, p, err)
+		}
+		return abs
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("find the go command to build the reflector (or set %s): %v", reflectorBinEnv, err)
+	}
+	bin := filepath.Join(t.TempDir(), "reflector")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/packetparamedic/reflector/cmd/reflector")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the reflector: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// shapedLink is a veth pair between two network namespaces created for one
+// test, with tbf shaping on both ends.
+type shapedLink struct {
+	serverNS, clientNS     string
+	serverAddr, clientAddr string
+}
+
+// newShapedLink creates the namespaces, the veth pair, the addresses and the
+// shaping; t.Cleanup removes the namespaces (and with them the veth pair).
+// The addresses are private and exist only inside these namespaces.
+func newShapedLink(t *testing.T) shapedLink {
+	t.Helper()
+	pid := os.Getpid()
+	net3 := pid % 256
+	l := shapedLink{
+		serverNS:   fmt.Sprintf("ppr-a-%d", pid),
+		clientNS:   fmt.Sprintf("ppr-b-%d", pid),
+		serverAddr: fmt.Sprintf("10.250.%d.1", net3),
+		clientAddr: fmt.Sprintf("10.250.%d.2", net3),
+	}
+	for _, ns := range []string{l.serverNS, l.clientNS} {
+		mustRun(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() {
+			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+				t.Errorf("cleanup: ip netns del %s: %v: %s", ns, err, out)
+			}
+		})
+	}
+	const serverDev, clientDev = "ppr0", "ppr1"
+	mustRun(t, "ip", "link", "add", serverDev, "netns", l.serverNS, "type", "veth", "peer", "name", clientDev, "netns", l.clientNS)
+	for _, end := range []struct{ ns, dev, addr string }{
+		{l.serverNS, serverDev, l.serverAddr},
+		{l.clientNS, clientDev, l.clientAddr},
+	} {
+		mustRun(t, "ip", "-n", end.ns, "addr", "add", end.addr+"/30", "dev", end.dev)
+		mustRun(t, "ip", "-n", end.ns, "link", "set", end.dev, "up")
+		mustRun(t, "ip", "-n", end.ns, "link", "set", "lo", "up")
+		mustRun(t, append([]string{"ip", "netns", "exec", end.ns, "tc", "qdisc", "add", "dev", end.dev, "root"}, strings.Fields(shapeTBF)...)...)
+	}
+	return l
+}
+
+func mustRun(t *testing.T, argv ...string) {
+	t.Helper()
+	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+	}
+}
+
+// startInNamespace starts a server with `ip netns exec ns argv...`, waits
+// until it listens on the TCP port (read from /proc/<pid>/net/tcp, which shows
+// the process's namespace, so no probe connection disturbs the server), and
+// stops it in t.Cleanup.
+func startInNamespace(t *testing.T, ns string, port int, argv ...string) *iperfrun.Process {
+	t.Helper()
+	p, err := iperfrun.Start(append([]string{"ip", "netns", "exec", ns}, argv...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	exited := false
+	testutil.Eventually(t, 15*time.Second, fmt.Sprintf("%s listening on port %d", argv[0], port), func() bool {
+		select {
+		case <-p.Exited():
+			exited = true
+			return true
+		default:
+		}
+		return listening(p.Pid(), port)
+	})
+	if exited {
+		t.Fatalf("%s exited before listening on port %d: %s", strings.Join(argv, " "), port, p.Output())
+	}
+	return p
+}
+
+// listening reports whether the network namespace of pid has a TCP socket
+// listening on port (IPv4 or IPv6).
+func listening(pid, port int) bool {
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			// sl local_address rem_address st ...; st 0A is LISTEN.
+			fields := strings.Fields(sc.Text())
+			if len(fields) > 3 && strings.HasSuffix(fields[1], suffix) && fields[3] == "0A" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func TestCheckAccuracy(t *testing.T) {
+	tests := []struct {
+		name                  string
+		stock, ours, expected float64
+		want                  int
+	}{
+		{"equal", 95.6e6, 95.6e6, tcpExpectedBps, 0},
+		{"just inside both", 95.0e6, 96.8e6, 97.09e6, 0},
+		{"off from stock", 95.6e6, 93.0e6, tcpExpectedBps, 1},
+		{"stock and ours both low", 85e6, 85e6, tcpExpectedBps, 1},
+		{"off from both", 95.6e6, 50e6, tcpExpectedBps, 2},
+		{"stock reported nothing", 0, 95.6e6, tcpExpectedBps, 1},
+	}
+	for _, tc := range tests {
+		if got := checkAccuracy(tc.stock, tc.ours, tc.expected); len(got) != tc.want {
+			t.Errorf("%s: %d problems %q, want %d", tc.name, len(got), got, tc.want)
+		}
+	}
+}
