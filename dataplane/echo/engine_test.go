@@ -1,0 +1,377 @@
+package echo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/packetparamedic/reflector/internal/testutil"
+)
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// startEngine listens on 127.0.0.1:0, serves in the background and stops
+// the engine when the test ends, checking that Serve returned nil.
+func startEngine(t *testing.T, cfg Config) *Engine {
+	t.Helper()
+	e, err := Listen(context.Background(), "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve = %v, want nil", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return after cancel")
+		}
+	})
+	return e
+}
+
+// dial connects a UDP client from local (any port) to e.
+func dial(t *testing.T, e *Engine, local string) *net.UDPConn {
+	t.Helper()
+	laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(local), 0))
+	c, err := net.DialUDP("udp", laddr, e.Addr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// checkInvariant asserts that every received datagram is accounted for.
+func checkInvariant(t *testing.T, s Stats) {
+	t.Helper()
+	if sum := s.Echoed + s.DroppedForeign + s.DroppedRate + s.DroppedTruncated + s.SendErrors; sum != s.Received {
+		t.Fatalf("stats %+v: outcomes sum to %d, received %d", s, sum, s.Received)
+	}
+}
+
+func TestLoopback100k(t *testing.T) {
+	rate := 50_000
+	if raceEnabled {
+		rate = 25_000 // what the race build sustains on a shared 2-core box
+	}
+	e := startEngine(t, Config{Allowed: loopback})
+	c := dial(t, e, "127.0.0.1")
+	const count = 100_000
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: rate, Size: 64, Count: count, Timeout: 3 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d probes at %d pps: %+v", count, rate, *res)
+	if res.Sent != count || res.Received != count || res.Lost != 0 || res.Corrupt != 0 || res.Duplicates != 0 {
+		t.Fatalf("sent %d received %d lost %d corrupt %d dups %d; want all %d back intact",
+			res.Sent, res.Received, res.Lost, res.Corrupt, res.Duplicates, count)
+	}
+	if !(0 < res.RTTMin && res.RTTMin <= res.RTTP50 && res.RTTP50 <= res.RTTP90 &&
+		res.RTTP90 <= res.RTTP99 && res.RTTP99 <= res.RTTMax && res.RTTMin <= res.RTTAvg && res.RTTAvg <= res.RTTMax) {
+		t.Fatalf("RTT statistics out of order: %+v", res)
+	}
+	s := e.Stats()
+	if s.Received != count || s.Echoed != count || s.Bytes != count*64 {
+		t.Fatalf("engine stats %+v, want %d echoed", s, count)
+	}
+	checkInvariant(t, s)
+}
+
+func TestRateClamp(t *testing.T) {
+	const maxPPS = 2000
+	e := startEngine(t, Config{Allowed: loopback, MaxPPS: maxPPS})
+	c := dial(t, e, "127.0.0.1")
+	// Twice the clamp for one second.
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: 2 * maxPPS, Size: 64, Count: 2 * maxPPS, Timeout: 500 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := e.Stats()
+	checkInvariant(t, s)
+	if s.Received != res.Sent || s.Echoed != res.Received || res.Corrupt != 0 {
+		t.Fatalf("engine %+v vs probe %+v: every probe must arrive and every echo return", s, res)
+	}
+	// The clamp admits its burst (a tenth of a second) plus MaxPPS for
+	// the time the probes took to arrive; generous bounds both ways.
+	elapsed := res.Elapsed.Seconds()
+	upper := uint64(maxPPS/10 + maxPPS*elapsed*1.2 + 64)
+	if s.Echoed < maxPPS/2 || s.Echoed > upper || s.DroppedRate < maxPPS/4 {
+		t.Fatalf("echoed %d, dropped %d over %.2fs; want about %d echoed (<= %d) and the rest dropped",
+			s.Echoed, s.DroppedRate, elapsed, maxPPS, upper)
+	}
+}
+
+func TestForeignSourceDropped(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("127.0.0.2 is a loopback address on linux only")
+	}
+	e := startEngine(t, Config{Allowed: loopback})
+	foreign := dial(t, e, "127.0.0.2")
+	const n = 50
+	for i := range n {
+		if _, err := foreign.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, "foreign datagrams counted", func() bool {
+		return e.Stats().DroppedForeign == n
+	})
+	res, err := Probe(context.Background(), dial(t, e, "127.0.0.1"), ProbeConfig{Rate: 5000, Size: 100, Count: 500}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Received != 500 || res.Corrupt != 0 {
+		t.Fatalf("allowed peer: %+v, want all 500 back", res)
+	}
+	s := e.Stats()
+	checkInvariant(t, s)
+	if s.DroppedForeign != n || s.Echoed != 500 {
+		t.Fatalf("stats %+v: want %d foreign dropped, 500 echoed", s, n)
+	}
+	// Nothing was ever sent to the foreign socket: its queue is empty.
+	if err := foreign.SetReadDeadline(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := foreign.Read(make([]byte, 64)); !isTimeout(err) {
+		t.Fatalf("foreign peer got %d bytes (err %v), want nothing", n, err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func TestTimestamped(t *testing.T) {
+	e := startEngine(t, Config{Allowed: loopback, Timestamped: true})
+	c := dial(t, e, "127.0.0.1")
+
+	// One probe by hand: check the stamps themselves.
+	probe := make([]byte, 80)
+	start := time.Now()
+	if err := (&Header{Seq: 1, ClientSend: 5}).Encode(probe); err != nil {
+		t.Fatal(err)
+	}
+	fillPadding(probe[HeaderLen:], 1, 5)
+	if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(probe); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 200)
+	n, err := c.Read(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtt := time.Since(start)
+	h, err := ParseHeader(reply[:n])
+	if err != nil || n != len(probe) {
+		t.Fatalf("reply %d bytes, header %v", n, err)
+	}
+	if h.Flags != FlagStamped || h.Seq != 1 || h.ClientSend != 5 {
+		t.Fatalf("reply header %+v", h)
+	}
+	if h.ServerRx == 0 || h.ServerRx > h.ServerTx {
+		t.Fatalf("server rx %d, tx %d: want 0 < rx <= tx", h.ServerRx, h.ServerTx)
+	}
+	if srv := time.Duration(h.ServerTx - h.ServerRx); srv > rtt {
+		t.Fatalf("server time %v exceeds the RTT %v", srv, rtt)
+	}
+	if lo, hi := start.Add(-time.Second).UnixNano(), time.Now().Add(time.Second).UnixNano(); h.ServerRx < lo || h.ServerTx > hi {
+		t.Fatalf("server stamps %d..%d far from the wall clock %d..%d", h.ServerRx, h.ServerTx, lo, hi)
+	}
+	if !bytes.Equal(reply[HeaderLen:n], probe[HeaderLen:]) {
+		t.Fatal("padding modified")
+	}
+
+	// Non-conforming datagrams come back unmodified.
+	bad := bytes.Clone(probe)
+	bad[5] = 1
+	for _, d := range [][]byte{[]byte("hello"), bad, probe[:HeaderLen-1]} {
+		if _, err := c.Write(d); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(reply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(reply[:n], d) {
+			t.Fatalf("non-conforming %x came back as %x", d, reply[:n])
+		}
+	}
+
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: 10_000, Size: 64, Count: 2000, Timestamped: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Received != 2000 || res.Corrupt != 0 {
+		t.Fatalf("timestamped run: %+v", res)
+	}
+	if res.ServerTime <= 0 || res.ServerTime > res.RTTAvg {
+		t.Fatalf("server time %v, RTT avg %v: want 0 < server time <= RTT", res.ServerTime, res.RTTAvg)
+	}
+	// A plain probe against a stamping server sees modified replies.
+	res, err = Probe(context.Background(), c, ProbeConfig{Rate: 10_000, Size: 64, Count: 100, Timeout: 200 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Corrupt != 100 || res.Received != 0 {
+		t.Fatalf("plain probe against stamping server: %+v, want all corrupt", res)
+	}
+}
+
+func TestServeLifecycle(t *testing.T) {
+	e, err := Listen(context.Background(), "127.0.0.1:0", Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Serve(context.Background()) }()
+	testutil.Eventually(t, 5*time.Second, "serving", e.serving.Load)
+	if err := e.Serve(context.Background()); !errors.Is(err, ErrServing) {
+		t.Fatalf("second Serve = %v, want ErrServing", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve after Close = %v, want nil", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+	if _, err := Listen(context.Background(), "127.0.0.1:0", Config{MaxPPS: -1}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("negative MaxPPS: %v, want ErrConfig", err)
+	}
+}
+
+func TestReusePortReaders(t *testing.T) {
+	e := startEngine(t, Config{Allowed: loopback, Readers: 2})
+	if runtime.GOOS == "linux" && e.Readers() != 2 {
+		t.Fatalf("Readers() = %d, want 2", e.Readers())
+	}
+	// Several flows, so the kernel's hash spreads them over the sockets.
+	const flows, per = 6, 300
+	errc := make(chan error, flows)
+	for range flows {
+		c := dial(t, e, "127.0.0.1")
+		go func() {
+			res, err := Probe(context.Background(), c, ProbeConfig{Rate: 5000, Size: 64, Count: per}, nil)
+			if err == nil && (res.Received != per || res.Corrupt != 0) {
+				err = errors.New("flow lost or corrupted probes")
+			}
+			errc <- err
+		}()
+	}
+	for range flows {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := e.Stats(); s.Echoed != flows*per {
+		t.Fatalf("echoed %d, want %d", s.Echoed, flows*per)
+	}
+}
+
+func TestProbeConfigAndProgress(t *testing.T) {
+	e := startEngine(t, Config{})
+	c := dial(t, e, "127.0.0.1")
+	for _, bad := range []ProbeConfig{
+		{Rate: 0, Size: 64},
+		{Rate: 10, Size: HeaderLen - 1},
+		{Rate: 10, Size: MaxProbeSize + 1},
+		{Rate: 10, Size: 64, Count: -1},
+	} {
+		if _, err := Probe(context.Background(), c, bad, nil); !errors.Is(err, ErrConfig) {
+			t.Fatalf("%+v: %v, want ErrConfig", bad, err)
+		}
+	}
+	// Duration-bounded, open count: 1.5 s at 1000 pps, reported by interval.
+	var ivs []ProbeInterval
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: 1000, Size: 1200, Duration: 1500 * time.Millisecond},
+		func(iv ProbeInterval) { ivs = append(ivs, iv) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 1500 || res.Received != 1500 {
+		t.Fatalf("duration run: %+v, want 1500 sent and received", res)
+	}
+	var sent, recv uint64
+	for i, iv := range ivs {
+		sent += iv.Sent
+		recv += iv.Received
+		if i > 0 && iv.Start != ivs[i-1].End {
+			t.Fatalf("intervals not contiguous: %+v", ivs)
+		}
+	}
+	if len(ivs) < 2 || sent != res.Sent || recv != res.Received {
+		t.Fatalf("intervals %+v do not add up to %d/%d", ivs, res.Sent, res.Received)
+	}
+	// Cancelled open-ended run returns what it has and the context error.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	res, err = Probe(ctx, c, ProbeConfig{Rate: 1000, Size: 64}, nil)
+	if !errors.Is(err, context.Canceled) || res == nil || res.Sent == 0 {
+		t.Fatalf("cancelled run: %+v, %v", res, err)
+	}
+}
+
+func TestProbeDetectsLossAndDuplicates(t *testing.T) {
+	// A fake server that drops every 10th probe and answers every 7th twice.
+	srv, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for i := 0; ; i++ {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if i%10 == 9 {
+				continue
+			}
+			if i%7 == 0 {
+				srv.WriteToUDPAddrPort(buf[:n], from)
+			}
+			if i == 3 {
+				buf[n-1] ^= 1
+			}
+			srv.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	c, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: 2000, Size: 64, Count: 100, Timeout: 300 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Probes 9, 19, ..., 99 are dropped (10) and probe 3 corrupted, so 11
+	// are lost; multiples of 7 are answered twice unless dropped.
+	var wantDups uint64
+	for i := range 100 {
+		if i%7 == 0 && i%10 != 9 {
+			wantDups++
+		}
+	}
+	if res.Lost != 11 || res.Corrupt != 1 || res.Duplicates != wantDups || res.Received != 89 {
+		t.Fatalf("result %+v: want 11 lost, 1 corrupt, %d duplicates, 89 received", res, wantDups)
+	}
+}
