@@ -1,0 +1,86 @@
+package iperf3proto
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+)
+
+// spliceChunk bounds one zero-copy receive so byte counters stay live.
+const spliceChunk = 4 << 20
+
+// recvBufSize is the user-space buffer of the copying receive path.
+const recvBufSize = 256 << 10
+
+// discardTCP reads conn until EOF or error, reporting every chunk to
+// onBytes, and returns the total. It moves bytes socket -> pipe -> /dev/null
+// with splice(2) when the platform allows it (os.File.ReadFrom does so on
+// Linux for TCP sources) and falls back to reading into one reused buffer.
+func discardTCP(conn net.Conn, onBytes func(int)) (int64, error) {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return discardCopy(conn, onBytes)
+	}
+	defer func() { _ = null.Close() }()
+	var total int64
+	lr := &io.LimitedReader{R: conn}
+	for {
+		lr.N = spliceChunk
+		n, err := null.ReadFrom(lr)
+		if n > 0 {
+			total += n
+			onBytes(int(n))
+		}
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil
+		}
+	}
+}
+
+// discardCopy is the copying receive path.
+func discardCopy(conn net.Conn, onBytes func(int)) (int64, error) {
+	buf := make([]byte, recvBufSize)
+	var total int64
+	for {
+		n, err := conn.Read(buf)
+		if n > 0 {
+			total += int64(n)
+			onBytes(n)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return total, nil
+			}
+			return total, err
+		}
+	}
+}
+
+// payload is the data a sender transmits: random bytes, or iperf3's
+// repeating "0123456789" pattern when the client asks for it.
+type payload struct {
+	buf []byte
+}
+
+func newPayload(size int, repeating bool) (*payload, error) {
+	b := make([]byte, size)
+	if repeating {
+		for i := range b {
+			b[i] = '0' + byte(i%10)
+		}
+	} else if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("fill payload: %w", err)
+	}
+	return &payload{buf: b}, nil
+}
+
+// send writes n bytes of the payload to conn (n <= len).
+func (p *payload) send(conn net.Conn, n int) (int, error) {
+	return conn.Write(p.buf[:n])
+}

@@ -1,0 +1,848 @@
+package iperf3proto
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// EndReason says how a test ended.
+type EndReason string
+
+// End reasons reported in TestResult.
+const (
+	EndDone       EndReason = "done"        // results exchanged normally
+	EndClientGone EndReason = "client_gone" // the client closed or terminated
+	EndDeadline   EndReason = "deadline"    // the hard deadline or the context ended it
+	EndError      EndReason = "error"       // a protocol error or a refused request
+)
+
+// Default timeouts of the server.
+const (
+	// DefaultHandshakeTimeout bounds cookie, parameters and stream creation.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// resultsTimeout bounds the results exchange after TEST_END.
+	resultsTimeout = 10 * time.Second
+	// testGrace is added to time+omit for the implicit hard deadline.
+	testGrace = 15 * time.Second
+	// defaultUntimedLimit bounds -n/-k tests when no TestTimeout is set.
+	defaultUntimedLimit = 10 * time.Minute
+)
+
+// ServerConfig tunes and limits the server.
+type ServerConfig struct {
+	// MaxStreams refuses tests with more parallel streams (0: protocol max 128).
+	MaxStreams int
+	// MaxDuration refuses tests whose time+omit exceeds it (0: protocol max);
+	// -n/-k tests are accepted and cut at MaxDuration plus a grace period.
+	MaxDuration time.Duration
+	// Deadline, when set, is an absolute hard teardown time for the test.
+	Deadline time.Time
+	// TestTimeout, when set, is a hard teardown measured from the control
+	// connection's accept; it also ends a stalled client.
+	TestTimeout time.Duration
+	// HandshakeTimeout bounds cookie, parameters and stream setup
+	// (0: DefaultHandshakeTimeout).
+	HandshakeTimeout time.Duration
+	// AllowedSource, when valid, is the only client address served; others
+	// get ACCESS_DENIED.
+	AllowedSource netip.Addr
+	// ServerOutputJSON makes --get-server-output answer with JSON
+	// (server_output_json) instead of text (server_output_text).
+	ServerOutputJSON bool
+	// Logger receives one line per test event.
+	Logger zerolog.Logger
+	// OnStart, when set, is called with the accepted parameters before
+	// streams are created; an error refuses the test with ACCESS_DENIED.
+	OnStart func(Params) error
+}
+
+// StreamStats is one stream's outcome on the server side.
+type StreamStats struct {
+	ID          int
+	Sender      bool // the server sent on this stream
+	Bytes       int64
+	Seconds     float64
+	Retransmits int64 // -1 when unknown
+	// UDP receiver statistics
+	Packets    int64
+	Lost       int64
+	OutOfOrder int64
+	Jitter     float64 // seconds
+}
+
+// TestResult is what one served test did.
+type TestResult struct {
+	Params           Params
+	Remote           netip.AddrPort
+	Protocol         string // "tcp" or "udp"
+	Reverse, Bidir   bool
+	Streams          int
+	BytesSent        int64 // server -> client, after the omit period
+	BytesReceived    int64 // client -> server, after the omit period
+	Duration         time.Duration
+	EndReason        EndReason
+	Err              error
+	Retransmits      int64           // sum over the server's TCP sender streams
+	ServerOutput     json.RawMessage // server_output_json when sent
+	ServerOutputText string          // server_output_text when sent
+	PerStream        []StreamStats
+	ClientResults    *Results // the client's results, when exchanged
+}
+
+// Server serves iperf3 tests, one at a time.
+type Server struct {
+	cfg      ServerConfig
+	sent     atomic.Int64
+	received atomic.Int64
+}
+
+// NewServer returns a server with cfg.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxStreams <= 0 || cfg.MaxStreams > MaxStreams {
+		cfg.MaxStreams = MaxStreams
+	}
+	return &Server{cfg: cfg}
+}
+
+// Meter returns the bytes sent and received by the current (or last) test
+// so far; it is safe to call while a test runs.
+func (s *Server) Meter() (sent, received int64) {
+	return s.sent.Load(), s.received.Load()
+}
+
+// listenerDeadline is implemented by *net.TCPListener.
+type listenerDeadline interface {
+	SetDeadline(t time.Time) error
+}
+
+// acceptCtx accepts one connection, giving up when ctx ends (when ln
+// supports deadlines). It leaves ln without a deadline.
+func acceptCtx(ctx context.Context, ln net.Listener) (net.Conn, error) {
+	dl, ok := ln.(listenerDeadline)
+	if !ok {
+		return ln.Accept()
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = dl.SetDeadline(time.Unix(1, 0))
+		close(fired)
+	})
+	c, err := ln.Accept()
+	if !stop() {
+		<-fired
+		_ = dl.SetDeadline(time.Time{})
+	}
+	if ctx.Err() != nil {
+		if c != nil {
+			_ = c.Close()
+		}
+		return nil, ctx.Err()
+	}
+	return c, err
+}
+
+// deny answers ACCESS_DENIED and closes c.
+func deny(c net.Conn) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = writeState(c, AccessDenied)
+	_ = c.Close()
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	switch v := a.(type) {
+	case *net.TCPAddr:
+		ap := v.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case *net.UDPAddr:
+		ap := v.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// ServeOne runs exactly one test on ln (and udp for UDP streams): it waits
+// for a permitted control connection, serves it, and returns when the test
+// ends however it ends, with every goroutine and connection it started
+// released. ln is not closed. While the test runs further control
+// connections get ACCESS_DENIED. The error is non-nil only when no test was
+// run (ctx ended or ln failed); test failures are in TestResult.Err.
+func (s *Server) ServeOne(ctx context.Context, ln net.Listener, udp UDPAcceptor) (*TestResult, error) {
+	for {
+		c, err := acceptCtx(ctx, ln)
+		if err != nil {
+			return nil, fmt.Errorf("accept control connection: %w", err)
+		}
+		remote := addrPort(c.RemoteAddr())
+		if s.cfg.AllowedSource.IsValid() && remote.Addr() != s.cfg.AllowedSource.Unmap() {
+			s.cfg.Logger.Warn().Str("remote", remote.String()).Str("allowed", s.cfg.AllowedSource.String()).
+				Msg("iperf3: control connection from a source not allowed: ACCESS_DENIED")
+			deny(c)
+			continue
+		}
+		return s.runTest(ctx, ln, udp, c, remote), nil
+	}
+}
+
+// Serve runs tests one after another until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, udp UDPAcceptor) error {
+	for {
+		if _, err := s.ServeOne(ctx, ln, udp); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// ListenAndServe listens on addr for TCP (control and TCP streams) and UDP
+// (UDP streams, same port) and serves tests until ctx ends, or one test
+// when oneOff is set.
+func ListenAndServe(ctx context.Context, addr string, cfg ServerConfig, oneOff bool) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("iperf3 listen tcp %s: %w", addr, err)
+	}
+	defer func() { _ = ln.Close() }()
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("iperf3 listen address %q: %w", addr, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ua, err := listenUDPAcceptor(ctx, net.JoinHostPort(host, fmt.Sprint(port)))
+	if err != nil {
+		return fmt.Errorf("iperf3 listen udp: %w", err)
+	}
+	defer func() { _ = ua.Close() }()
+	srv := NewServer(cfg)
+	cfg.Logger.Info().Str("addr", ln.Addr().String()).Bool("one_off", oneOff).Msg("iperf3 server listening")
+	if oneOff {
+		_, err := srv.ServeOne(ctx, ln, ua)
+		if err != nil && ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return srv.Serve(ctx, ln, ua)
+}
+
+// test is the state of one served test.
+type test struct {
+	srv    *Server
+	cfg    *ServerConfig
+	log    zerolog.Logger
+	ctrl   net.Conn
+	remote netip.AddrPort
+	cookie [CookieSize]byte
+	params Params
+
+	wantTCP atomic.Bool
+	conns   chan net.Conn
+	wg      sync.WaitGroup
+
+	streams []*stream
+	stop    chan struct{}
+	out     *serverOutput
+	pl      *payload
+	lim     *sendLimit
+}
+
+type ctrlMsg struct {
+	state State
+	err   error
+}
+
+func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAcceptor, ctrl net.Conn, remote netip.AddrPort) *TestResult {
+	accepted := time.Now()
+	s.sent.Store(0)
+	s.received.Store(0)
+	t := &test{
+		srv: s, cfg: &s.cfg, ctrl: ctrl, remote: remote,
+		log:   s.cfg.Logger.With().Str("remote", remote.String()).Logger(),
+		conns: make(chan net.Conn),
+		stop:  make(chan struct{}),
+	}
+	res := &TestResult{Remote: remote}
+	hard := s.cfg.Deadline
+	if s.cfg.TestTimeout > 0 {
+		hard = earliest(hard, accepted.Add(s.cfg.TestTimeout))
+	}
+	hardCtx, cancelHard := context.WithCancel(parent)
+	if !hard.IsZero() {
+		hardCtx, cancelHard = context.WithDeadline(parent, hard)
+	}
+	testCtx, cancel := context.WithCancel(hardCtx)
+
+	t.wg.Add(1)
+	go t.acceptLoop(testCtx, ln)
+	defer func() {
+		cancel()
+		cancelHard()
+		_ = ctrl.Close()
+		for _, st := range t.streams {
+			_ = st.conn.Close()
+		}
+		t.wg.Wait()
+		for _, st := range t.streams {
+			if st.started {
+				<-st.done
+			}
+		}
+		ev := t.log.Info()
+		if res.EndReason != EndDone {
+			ev = t.log.Warn().AnErr("err", res.Err)
+		}
+		ev.Str("end", string(res.EndReason)).Str("protocol", res.Protocol).Int("streams", res.Streams).
+			Bool("reverse", res.Reverse).Bool("bidir", res.Bidir).
+			Int64("bytes_sent", res.BytesSent).Int64("bytes_received", res.BytesReceived).
+			Dur("duration", res.Duration).Msg("iperf3 test finished")
+	}()
+
+	fail := func(reason EndReason, err error) *TestResult {
+		res.EndReason, res.Err = reason, err
+		return res
+	}
+	classify := func(err error) EndReason {
+		switch {
+		case hardCtx.Err() != nil || isTimeout(err):
+			return EndDeadline
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
+			return EndClientGone
+		}
+		return EndError
+	}
+	// Handshake: cookie, PARAM_EXCHANGE, parameters.
+	setEarliest(ctrl, accepted.Add(s.cfg.HandshakeTimeout), hard)
+	if tc, ok := ctrl.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	if _, err := io.ReadFull(ctrl, t.cookie[:]); err != nil {
+		return fail(classify(err), fmt.Errorf("read cookie: %w", err))
+	}
+	if err := writeState(ctrl, ParamExchange); err != nil {
+		return fail(classify(err), err)
+	}
+	b, err := readMessage(ctrl, MaxParamsSize)
+	if err == nil {
+		t.params, err = ParseParams(b)
+	}
+	if err != nil {
+		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || classify(err) == EndError {
+			t.log.Warn().Err(err).Msg("iperf3: bad parameters: SERVER_ERROR")
+			_ = writeServerError(ctrl, ErrRecvParams, 0)
+			return fail(EndError, err)
+		}
+		return fail(classify(err), err)
+	}
+	p := t.params
+	res.Params, res.Protocol, res.Reverse, res.Bidir, res.Streams = p, p.Protocol(), p.Reverse, p.Bidirectional, p.Streams()
+	if err := t.checkLimits(); err != nil {
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			t.log.Warn().Int32("iperf3_errno", int32(pe.Code)).Str("reason", pe.Detail).Msg("iperf3: request refused: SERVER_ERROR")
+			_ = writeServerError(ctrl, pe.Code, pe.Errno)
+		}
+		return fail(EndError, err)
+	}
+	if s.cfg.OnStart != nil {
+		if err := s.cfg.OnStart(p); err != nil {
+			t.log.Warn().Err(err).Msg("iperf3: test refused by policy: ACCESS_DENIED")
+			_ = writeState(ctrl, AccessDenied)
+			return fail(EndError, fmt.Errorf("refused by policy: %w", err))
+		}
+	}
+	// Hard deadline now that the duration is known.
+	if p.Time > 0 {
+		hard = earliest(hard, accepted.Add(time.Duration(p.Time+p.Omit)*time.Second+testGrace))
+	} else if s.cfg.MaxDuration > 0 {
+		hard = earliest(hard, accepted.Add(s.cfg.MaxDuration+testGrace))
+	} else if s.cfg.TestTimeout <= 0 && s.cfg.Deadline.IsZero() {
+		hard = earliest(hard, accepted.Add(defaultUntimedLimit))
+	}
+	ctxHard2, cancel2 := context.WithDeadline(hardCtx, hard)
+	defer cancel2()
+	hardCtx = ctxHard2
+	t.log.Info().Str("protocol", p.Protocol()).Int("parallel", max(p.Parallel, 1)).Bool("reverse", p.Reverse).
+		Bool("bidir", p.Bidirectional).Int("time", p.Time).Int64("bytes", p.Bytes).Int64("blocks", p.Blocks).
+		Int("len", p.BlockLen()).Uint64("bandwidth", p.Bandwidth).Str("client_version", p.ClientVersion).
+		Msg("iperf3 test accepted")
+	t.out = newServerOutput(s.cfg.ServerOutputJSON, t)
+
+	// CREATE_STREAMS.
+	setEarliest(ctrl, time.Now().Add(s.cfg.HandshakeTimeout), hard)
+	msgs := make(chan ctrlMsg, 4)
+	t.wg.Add(1)
+	go t.readControl(msgs)
+	if p.UDP {
+		if udp == nil {
+			_ = writeServerError(ctrl, ErrUnimplemented, 0)
+			return fail(EndError, errors.New("UDP test requested but the server has no UDP acceptor"))
+		}
+		t.wg.Add(1)
+		go t.acceptUDP(testCtx, udp, p.Streams())
+	} else {
+		t.wantTCP.Store(true)
+	}
+	if err := writeState(ctrl, CreateStreams); err != nil {
+		return fail(classify(err), err)
+	}
+	var conns []net.Conn
+	closeConns := func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for len(conns) < p.Streams() {
+		select {
+		case c := <-t.conns:
+			conns = append(conns, c)
+		case m := <-msgs:
+			closeConns()
+			if m.err != nil {
+				return fail(classify(m.err), fmt.Errorf("control connection during stream setup: %w", m.err))
+			}
+			if m.state == ClientTerminate {
+				return fail(EndClientGone, &ProtocolError{Code: ErrClientTerm})
+			}
+			return fail(EndError, fmt.Errorf("state %v during stream setup: %w", m.state, ErrBadState))
+		case <-hardCtx.Done():
+			closeConns()
+			return fail(EndDeadline, fmt.Errorf("stream setup: %w", hardCtx.Err()))
+		}
+	}
+	t.wantTCP.Store(false)
+	if err := t.setupStreams(conns); err != nil {
+		closeConns()
+		_ = writeServerError(ctrl, ErrStreamAccept, 0)
+		return fail(EndError, err)
+	}
+	_ = ctrl.SetDeadline(hard)
+
+	// TEST_START, TEST_RUNNING.
+	cpu := startCPU()
+	start := time.Now()
+	for _, st := range t.streams {
+		st.start = start
+		st.mu.Lock()
+		st.count = true
+		st.mu.Unlock()
+		if !st.sender {
+			t.startWorker(st)
+		}
+	}
+	err = writeState(ctrl, TestStart)
+	if err == nil {
+		err = writeState(ctrl, TestRunning)
+	}
+	if err != nil {
+		t.endStreams(false)
+		return fail(classify(err), err)
+	}
+	for _, st := range t.streams {
+		if st.sender {
+			t.startWorker(st)
+		}
+	}
+	var omitC <-chan time.Time
+	if p.Omit > 0 {
+		omit := time.NewTimer(time.Duration(p.Omit) * time.Second)
+		defer omit.Stop()
+		omitC = omit.C
+	}
+	retrans := t.senderHasRetransmits() == 1
+	measureStart := start
+running:
+	for {
+		select {
+		case now := <-omitC:
+			measureStart = now
+			for _, st := range t.streams {
+				st.markOmitEnd(now, retrans && st.sender)
+			}
+		case m := <-msgs:
+			if m.err != nil {
+				t.endStreams(retrans)
+				return fail(classify(m.err), fmt.Errorf("control connection while running: %w", m.err))
+			}
+			switch m.state {
+			case TestEnd:
+				break running
+			case ClientTerminate:
+				t.endStreams(retrans)
+				t.fillResult(res, time.Since(measureStart))
+				return fail(EndClientGone, &ProtocolError{Code: ErrClientTerm})
+			case TestStart, IperfDone:
+			default:
+				t.endStreams(retrans)
+				return fail(EndError, fmt.Errorf("state %v while running: %w", m.state, ErrBadState))
+			}
+		case <-hardCtx.Done():
+			t.endStreams(retrans)
+			t.fillResult(res, time.Since(measureStart))
+			_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = writeState(ctrl, ServerTerminate)
+			return fail(EndDeadline, fmt.Errorf("test running: %w", hardCtx.Err()))
+		}
+	}
+
+	// TEST_END: stop, exchange results.
+	t.endStreams(retrans)
+	duration := time.Since(measureStart)
+	t.fillResult(res, duration)
+	total, user, sys := cpu.percent()
+	setEarliest(ctrl, time.Now().Add(resultsTimeout), hard)
+	if err := writeState(ctrl, ExchangeResults); err != nil {
+		return fail(classify(err), err)
+	}
+	b, err = readMessage(ctrl, MaxResultsSize)
+	var cr Results
+	if err == nil {
+		cr, err = ParseResults(b, MaxResultsSize)
+	}
+	if err != nil {
+		return fail(classify(err), fmt.Errorf("read client results: %w", err))
+	}
+	res.ClientResults = &cr
+	ours := Results{
+		CPUUtilTotal: total, CPUUtilUser: user, CPUUtilSystem: sys,
+		SenderHasRetransmits: t.senderHasRetransmits(),
+	}
+	if !p.UDP && len(t.streams) > 0 {
+		if name, err := congestion(t.streams[len(t.streams)-1].conn); err == nil {
+			ours.CongestionUsed = name
+		}
+	}
+	for _, st := range t.streams {
+		ours.Streams = append(ours.Streams, st.results())
+	}
+	if p.GetServerOutput {
+		t.out.finish(res, &ours, &cr, total, user, sys)
+		if s.cfg.ServerOutputJSON {
+			ours.ServerOutputJSON = t.out.json()
+			res.ServerOutput = ours.ServerOutputJSON
+		} else {
+			ours.ServerOutputText = t.out.text()
+			res.ServerOutputText = ours.ServerOutputText
+		}
+	}
+	ob, err := ours.Marshal()
+	if err == nil {
+		err = writeMessage(ctrl, ob)
+	}
+	if err == nil {
+		err = writeState(ctrl, DisplayResults)
+	}
+	if err != nil {
+		return fail(classify(err), fmt.Errorf("send results: %w", err))
+	}
+	// IPERF_DONE (or the client just closing) ends the test.
+	st, err := readState(ctrl)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return fail(classify(err), fmt.Errorf("wait for IPERF_DONE: %w", err))
+	}
+	if err == nil && st != IperfDone {
+		t.log.Debug().Str("state", st.String()).Msg("iperf3: unexpected state after results")
+	}
+	res.EndReason = EndDone
+	return res
+}
+
+// checkLimits applies protocol limits and the server's own.
+func (t *test) checkLimits() error {
+	p := t.params
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if max(p.Parallel, 1) > t.cfg.MaxStreams {
+		return &ProtocolError{Code: ErrNumStreams, Detail: fmt.Sprintf("%d streams requested, server allows %d", p.Parallel, t.cfg.MaxStreams)}
+	}
+	if d := t.cfg.MaxDuration; d > 0 && time.Duration(p.Time+p.Omit)*time.Second > d {
+		return &ProtocolError{Code: ErrDuration, Detail: fmt.Sprintf("%ds (time+omit) requested, server allows %v", p.Time+p.Omit, d)}
+	}
+	return nil
+}
+
+// senderHasRetransmits is the value of sender_has_retransmits we report.
+func (t *test) senderHasRetransmits() int {
+	if !t.params.Reverse && !t.params.Bidirectional {
+		return -1
+	}
+	if !t.params.UDP && hasTCPRetransmits {
+		return 1
+	}
+	return 0
+}
+
+// acceptLoop accepts TCP connections while the test lives: data streams
+// with the test's cookie during stream setup, ACCESS_DENIED for the rest.
+func (t *test) acceptLoop(ctx context.Context, ln net.Listener) {
+	defer t.wg.Done()
+	for {
+		c, err := acceptCtx(ctx, ln)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.log.Warn().Err(err).Msg("iperf3: accept failed during test")
+			}
+			return
+		}
+		if !t.wantTCP.Load() {
+			t.log.Info().Str("from", c.RemoteAddr().String()).Msg("iperf3: connection during a running test: ACCESS_DENIED")
+			deny(c)
+			continue
+		}
+		t.wg.Add(1)
+		go t.checkStream(ctx, c)
+	}
+}
+
+// checkStream reads a would-be stream's cookie and hands the connection to
+// the test when it matches.
+func (t *test) checkStream(ctx context.Context, c net.Conn) {
+	defer t.wg.Done()
+	var ck [CookieSize]byte
+	_ = c.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+	if _, err := io.ReadFull(c, ck[:]); err != nil {
+		_ = c.Close()
+		return
+	}
+	if subtle.ConstantTimeCompare(ck[:], t.cookie[:]) != 1 || !t.wantTCP.Load() {
+		t.log.Info().Str("from", c.RemoteAddr().String()).Msg("iperf3: connection with a foreign cookie: ACCESS_DENIED")
+		deny(c)
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	select {
+	case t.conns <- c:
+	case <-ctx.Done():
+		_ = c.Close()
+	}
+}
+
+// acceptUDP takes n UDP streams from the client's address.
+func (t *test) acceptUDP(ctx context.Context, udp UDPAcceptor, n int) {
+	defer t.wg.Done()
+	for got := 0; got < n; {
+		c, first, err := udp.AcceptUDP(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.log.Warn().Err(err).Msg("iperf3: UDP accept failed")
+			}
+			return
+		}
+		peer := addrPort(c.RemoteAddr())
+		if peer.Addr() != t.remote.Addr() || !IsUDPConnectMsg(first) {
+			t.log.Debug().Str("from", peer.String()).Int("len", len(first)).Msg("iperf3: ignoring foreign UDP datagram")
+			_ = c.Close()
+			continue
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(udpConnectReplyBytes); err != nil {
+			_ = c.Close()
+			continue
+		}
+		_ = c.SetWriteDeadline(time.Time{})
+		select {
+		case t.conns <- c:
+			got++
+		case <-ctx.Done():
+			_ = c.Close()
+			return
+		}
+	}
+}
+
+// readControl delivers control states until TEST_END, CLIENT_TERMINATE or
+// an error.
+func (t *test) readControl(out chan<- ctrlMsg) {
+	defer t.wg.Done()
+	for {
+		st, err := readState(t.ctrl)
+		out <- ctrlMsg{state: st, err: err}
+		if err != nil || st == TestEnd || st == ClientTerminate {
+			return
+		}
+	}
+}
+
+// setupStreams builds the streams from accepted connections: the first N
+// are the server's receivers, the next N (bidir) its senders.
+func (t *test) setupStreams(conns []net.Conn) error {
+	p := t.params
+	n := max(p.Parallel, 1)
+	for i, c := range conns {
+		st := &stream{id: streamID(i), udp: p.UDP, conn: c, done: make(chan struct{})}
+		st.sender = p.Reverse || (p.Bidirectional && i >= n)
+		t.streams = append(t.streams, st)
+		if err := t.applySockopts(st); err != nil {
+			return err
+		}
+		t.out.connected(st)
+	}
+	return nil
+}
+
+// applySockopts applies the client's socket options to a stream.
+func (t *test) applySockopts(st *stream) error {
+	p := t.params
+	if p.Window > 0 {
+		if b, ok := st.conn.(interface {
+			SetReadBuffer(int) error
+			SetWriteBuffer(int) error
+		}); ok {
+			if err := b.SetReadBuffer(p.Window); err != nil {
+				return fmt.Errorf("set receive buffer %d: %w", p.Window, err)
+			}
+			if err := b.SetWriteBuffer(p.Window); err != nil {
+				return fmt.Errorf("set send buffer %d: %w", p.Window, err)
+			}
+		}
+	}
+	if p.UDP {
+		if p.FQRate > 0 && st.sender {
+			if err := setPacingRate(st.conn, p.FQRate/8); err != nil {
+				t.log.Debug().Err(err).Msg("iperf3: fq pacing not applied")
+			}
+		}
+		return nil
+	}
+	if tc, ok := st.conn.(*net.TCPConn); ok && p.NoDelay {
+		if err := tc.SetNoDelay(true); err != nil {
+			return fmt.Errorf("set TCP_NODELAY: %w", err)
+		}
+	}
+	if p.MSS > 0 {
+		if err := setMSS(st.conn, p.MSS); err != nil {
+			t.log.Debug().Err(err).Msg("iperf3: MSS not applied")
+		}
+	}
+	if p.Congestion != "" {
+		if err := setCongestion(st.conn, p.Congestion); err != nil {
+			t.log.Warn().Err(err).Msg("iperf3: TCP congestion control algorithm not supported")
+		}
+	}
+	if p.FQRate > 0 && st.sender {
+		if err := setPacingRate(st.conn, p.FQRate/8); err != nil {
+			t.log.Debug().Err(err).Msg("iperf3: fq pacing not applied")
+		}
+	}
+	return nil
+}
+
+// startWorker starts the stream's data goroutine.
+func (t *test) startWorker(st *stream) {
+	p := t.params
+	srv := t.srv
+	st.started = true
+	switch {
+	case st.sender:
+		pl := t.payload()
+		var lim *sendLimit
+		if p.Bytes > 0 {
+			lim = t.limit(p.Bytes)
+		} else if p.Blocks > 0 {
+			lim = t.limit(p.Blocks * int64(p.BlockLen()))
+		}
+		if p.UDP {
+			go st.runUDPSender(pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, lim, &srv.sent, t.stop)
+		} else {
+			go st.runTCPSender(pl, p.BlockLen(), p.Bandwidth, lim, &srv.sent, t.stop)
+		}
+	case p.UDP:
+		go st.runUDPReceiver(p.UDPCounters64Bit, &srv.received)
+	default:
+		go st.runTCPReceiver(&srv.received)
+	}
+}
+
+// payload returns the test's shared send payload (workers are started
+// from the test goroutine only).
+func (t *test) payload() *payload {
+	if t.pl == nil {
+		pl, err := newPayload(t.params.BlockLen(), t.params.RepeatingPayload)
+		if err != nil {
+			pl = &payload{buf: make([]byte, t.params.BlockLen())}
+		}
+		t.pl = pl
+	}
+	return t.pl
+}
+
+// limit returns the test's shared send budget.
+func (t *test) limit(n int64) *sendLimit {
+	if t.lim == nil {
+		t.lim = &sendLimit{limit: n}
+	}
+	return t.lim
+}
+
+// endStreams stops senders, fixes every stream's final counters and closes
+// TCP streams (UDP receivers keep draining until the test is torn down).
+func (t *test) endStreams(retrans bool) {
+	select {
+	case <-t.stop:
+		return
+	default:
+	}
+	now := time.Now()
+	close(t.stop)
+	for _, st := range t.streams {
+		if st.sender {
+			_ = st.conn.SetWriteDeadline(now)
+		}
+	}
+	for _, st := range t.streams {
+		if st.sender && st.started {
+			<-st.done
+		}
+	}
+	for _, st := range t.streams {
+		st.markEnd(now, retrans && st.sender)
+		if !st.udp {
+			_ = st.conn.Close()
+		}
+	}
+}
+
+// fillResult copies the streams' final counters into res.
+func (t *test) fillResult(res *TestResult, d time.Duration) {
+	res.Duration = d
+	res.PerStream = res.PerStream[:0]
+	for _, st := range t.streams {
+		r := st.results()
+		ss := StreamStats{ID: st.id, Sender: st.sender, Bytes: int64(r.Bytes), Seconds: r.EndTime, Retransmits: r.Retransmits}
+		if st.udp && !st.sender {
+			ss.Packets, ss.Lost, ss.OutOfOrder, ss.Jitter = r.Packets-r.OmittedPackets, r.Errors-r.OmittedErrors, st.endOOO, r.Jitter
+		}
+		if st.sender {
+			res.BytesSent += ss.Bytes
+			if ss.Retransmits > 0 {
+				res.Retransmits += ss.Retransmits
+			}
+		} else {
+			res.BytesReceived += ss.Bytes
+		}
+		res.PerStream = append(res.PerStream, ss)
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}

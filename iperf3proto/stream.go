@@ -1,0 +1,268 @@
+package iperf3proto
+
+import (
+	"errors"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// stream is one data connection of a test, from either side's view.
+type stream struct {
+	id     int
+	sender bool
+	udp    bool
+	conn   net.Conn
+	// started is set (by the test goroutine) when the worker runs; done is
+	// closed when it returns.
+	started bool
+
+	bytes   atomic.Int64 // bytes moved (sent or received) since the test began
+	packets atomic.Int64 // UDP datagrams sent (sender side)
+
+	mu    sync.Mutex // guards stats and counting for UDP receivers
+	stats UDPStats
+	count bool // receiver counts only while the test runs
+
+	// snapshot at the end of the omit period
+	omitBytes   int64
+	omitPackets int64
+	omitErrors  int64
+	omitRetrans int64
+	start       time.Time
+
+	// final values, fixed at test end
+	endBytes   int64
+	endPackets int64
+	endErrors  int64
+	endOOO     int64
+	endJitter  float64
+	endRetrans int64
+	end        time.Time
+
+	done chan struct{}
+}
+
+// sendLimit is a test-wide budget of bytes for senders (-n / -k); zero
+// means unlimited.
+type sendLimit struct {
+	limit int64
+	used  atomic.Int64
+}
+
+// take reserves up to n bytes, returning how many may be sent (0 = stop).
+func (l *sendLimit) take(n int) int {
+	if l == nil || l.limit == 0 {
+		return n
+	}
+	u := l.used.Add(int64(n))
+	if u-int64(n) >= l.limit {
+		return 0
+	}
+	return n
+}
+
+// pacer spaces sends so that the average rate stays at most bps bits/s,
+// as iperf3's throttle does (send while bits-so-far / elapsed < rate).
+type pacer struct {
+	bps   uint64
+	start time.Time
+	sent  uint64
+}
+
+// wait blocks until n more bytes may be sent or stop is closed; it returns
+// false when stopped.
+func (p *pacer) wait(n int, stop <-chan struct{}) bool {
+	if p.bps == 0 {
+		return true
+	}
+	due := time.Duration(float64(p.sent*8) / float64(p.bps) * float64(time.Second))
+	p.sent += uint64(n)
+	if d := due - time.Since(p.start); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-stop:
+			t.Stop()
+			return false
+		}
+	}
+	return true
+}
+
+// runTCPSender sends blocks until stop, a write error or the byte budget.
+func (s *stream) runTCPSender(p *payload, blk int, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
+	defer close(s.done)
+	pc := pacer{bps: bps, start: time.Now()}
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n := lim.take(blk)
+		if n == 0 || !pc.wait(n, stop) {
+			return
+		}
+		w, err := p.send(s.conn, n)
+		if w > 0 {
+			s.bytes.Add(int64(w))
+			meter.Add(int64(w))
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// runTCPReceiver drains the connection until EOF or close.
+func (s *stream) runTCPReceiver(meter *atomic.Int64) {
+	defer close(s.done)
+	_, _ = discardTCP(s.conn, func(n int) {
+		s.bytes.Add(int64(n))
+		meter.Add(int64(n))
+	})
+}
+
+// runUDPSender sends datagrams with the iperf3 header until stop, an
+// unrecoverable error or the budget.
+func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
+	defer close(s.done)
+	buf := make([]byte, blk)
+	copy(buf, p.buf)
+	pc := pacer{bps: bps, start: time.Now()}
+	var seq uint64
+	softErrors := 0
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if lim.take(blk) == 0 || !pc.wait(blk, stop) {
+			return
+		}
+		now := time.Now()
+		seq++
+		h := UDPHeader{Sec: uint32(now.Unix()), Usec: uint32(now.Nanosecond() / 1000), Seq: seq}
+		_, _ = h.Encode(buf, c64)
+		w, err := s.conn.Write(buf)
+		if err != nil {
+			seq--
+			// The peer's socket may not be ready yet (ICMP unreachable) or
+			// the send buffer is full: retry a bounded number of times.
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return
+			}
+			softErrors++
+			if softErrors > 1000 {
+				return
+			}
+			continue
+		}
+		softErrors = 0
+		s.packets.Store(int64(seq))
+		s.bytes.Add(int64(w))
+		meter.Add(int64(w))
+	}
+}
+
+// runUDPReceiver reads datagrams until the connection is closed, updating
+// the statistics while counting is on and draining afterwards.
+func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
+	defer close(s.done)
+	buf := make([]byte, 64<<10)
+	hl := UDPHeaderLen(c64)
+	for {
+		n, err := s.conn.Read(buf)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // an ICMP error from the peer: keep reading
+			}
+			return
+		}
+		now := time.Now()
+		s.mu.Lock()
+		if s.count {
+			s.bytes.Add(int64(n))
+			meter.Add(int64(n))
+			if n >= hl {
+				h, _ := DecodeUDPHeader(buf[:n], c64)
+				s.stats.Add(h, n, now)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// markOmitEnd snapshots counters at the end of the omit period.
+func (s *stream) markOmitEnd(now time.Time, retrans bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.omitBytes = s.bytes.Load()
+	s.start = now
+	if s.udp && !s.sender {
+		s.omitPackets = int64(s.stats.Packets)
+		s.omitErrors = s.stats.Lost
+		s.stats.Jitter = 0
+	} else {
+		s.omitPackets = s.packets.Load()
+	}
+	if retrans {
+		s.omitRetrans, _ = tcpRetransmits(s.conn)
+	}
+}
+
+// markEnd stops counting and fixes the final values.
+func (s *stream) markEnd(now time.Time, retrans bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count = false
+	s.end = now
+	s.endBytes = s.bytes.Load() - s.omitBytes
+	if s.udp && !s.sender {
+		s.endPackets = int64(s.stats.Packets)
+		s.endErrors = s.stats.Lost
+		s.endOOO = s.stats.OutOfOrder
+		s.endJitter = s.stats.Jitter
+	} else {
+		s.endPackets = s.packets.Load()
+	}
+	s.endRetrans = -1
+	if retrans {
+		if r, err := tcpRetransmits(s.conn); err == nil {
+			s.endRetrans = r - s.omitRetrans
+		}
+	}
+}
+
+// results returns the stream's entry for the results JSON.
+func (s *stream) results() StreamResults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return StreamResults{
+		ID:             s.id,
+		Bytes:          uint64(max(s.endBytes, 0)),
+		Retransmits:    s.endRetrans,
+		Jitter:         s.endJitter,
+		Errors:         s.endErrors,
+		OmittedErrors:  s.omitErrors,
+		Packets:        s.endPackets,
+		OmittedPackets: s.omitPackets,
+		StartTime:      0,
+		EndTime:        math.Max(0, s.end.Sub(s.start).Seconds()),
+	}
+}
+
+// streamID returns the id iperf3 gives the i-th stream of a test (0-based):
+// 1, 3, 4, 5, ... (a historical quirk both sides keep).
+func streamID(i int) int {
+	if i == 0 {
+		return 1
+	}
+	return i + 2
+}
