@@ -143,7 +143,7 @@ func TestSeenSet(t *testing.T) {
 	}{
 		{0, false}, {0, true}, {5, false}, {3, false}, {3, true}, {5, true},
 		{200, false}, // jumps past the window: 5 slides out, slot reused
-		{73, false}, // the window is the 128 numbers up to 200
+		{73, false},  // the window is the 128 numbers up to 200
 		{73, true},
 		{72, false}, // older than the window: cannot tell, counts as new
 		{72, false},
