@@ -45,7 +45,9 @@ func (c *Conn) Close() error { return c.nc.Close() }
 // ReadMessage reads and decodes one message within timeout. It returns the
 // request_id whenever it was decoded, also alongside a *UnknownTypeError or
 // an ErrMalformed error. A clean close by the peer between frames gives
-// io.EOF; see ReadFrame for the other framing errors.
+// io.EOF; see ReadFrame for the other framing errors. After a
+// *UnknownTypeError the stream is still in step (the frame was consumed
+// whole); after any other error close the connection.
 func (c *Conn) ReadMessage(timeout time.Duration) (string, Message, error) {
 	if timeout <= 0 {
 		return "", nil, ErrBadTimeout
