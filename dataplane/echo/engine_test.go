@@ -375,3 +375,42 @@ func TestProbeDetectsLossAndDuplicates(t *testing.T) {
 		t.Fatalf("result %+v: want 11 lost, 1 corrupt, %d duplicates, 89 received", res, wantDups)
 	}
 }
+
+func TestIPv6AndDualStack(t *testing.T) {
+	cases := []struct{ listen, allowed, client string }{
+		{"[::1]:0", "::1", "::1"},
+		{"[::]:0", "127.0.0.1", "127.0.0.1"}, // v4 peer on a dual-stack socket
+		{"[::]:0", "::ffff:127.0.0.1", "127.0.0.1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.listen+" from "+tc.client, func(t *testing.T) {
+			e, err := Listen(context.Background(), tc.listen, Config{Allowed: netip.MustParseAddr(tc.allowed)})
+			if err != nil {
+				t.Skipf("no IPv6 here: %v", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- e.Serve(ctx) }()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Serve = %v", err)
+				}
+			})
+			port := e.Addr().(*net.UDPAddr).Port
+			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.client), uint16(port))
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			res, err := Probe(context.Background(), c, ProbeConfig{Rate: 5000, Size: 100, Count: 200}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Received != 200 || e.Stats().DroppedForeign != 0 {
+				t.Fatalf("probe %+v, engine %+v", res, e.Stats())
+			}
+		})
+	}
+}
