@@ -19,9 +19,7 @@ const (
 	// echoSize is the datagram size of the echo benchmarks.
 	echoSize = 64
 	// echoPerOp is how many datagrams one BenchmarkEchoPPS op echoes.
-	echoPerOp = 200_000
-	// echoWindow is how many datagrams the load generator keeps in flight.
-	echoWindow = 1024
+	echoPerOp = 100_000
 	// latencyRate and latencyPerOp shape BenchmarkEchoLatency: one second
 	// of probes at a fixed rate per op.
 	latencyRate  = 10_000
