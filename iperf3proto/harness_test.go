@@ -95,12 +95,14 @@ type iperfJSON struct {
 			Receiver *iperfSum `json:"receiver"`
 			UDP      *iperfSum `json:"udp"`
 		} `json:"streams"`
-		SumSent             *iperfSum      `json:"sum_sent"`
-		SumReceived         *iperfSum      `json:"sum_received"`
-		SumSentBidir        *iperfSum      `json:"sum_sent_bidir_reverse"`
-		SumReceivedBidir    *iperfSum      `json:"sum_received_bidir_reverse"`
-		Sum                 *iperfSum      `json:"sum"`
-		CPU                 map[string]any `json:"cpu_utilization_percent"`
+		SumSent            *iperfSum      `json:"sum_sent"`
+		SumReceived        *iperfSum      `json:"sum_received"`
+		SumSentBidir       *iperfSum      `json:"sum_sent_bidir_reverse"`
+		SumReceivedBidir   *iperfSum      `json:"sum_received_bidir_reverse"`
+		Sum                *iperfSum      `json:"sum"`
+		CPU                map[string]any `json:"cpu_utilization_percent"`
+		SenderCongestion   string         `json:"sender_tcp_congestion"`
+		ReceiverCongestion string         `json:"receiver_tcp_congestion"`
 	} `json:"end"`
 	ServerOutputText string          `json:"server_output_text"`
 	ServerOutputJSON json.RawMessage `json:"server_output_json"`

@@ -260,6 +260,8 @@ type test struct {
 	out     *serverOutput
 	pl      *payload
 	lim     *sendLimit
+	// congestionUsed is the congestion control of the last stream set up.
+	congestionUsed string
 }
 
 type ctrlMsg struct {
@@ -522,10 +524,8 @@ running:
 		CPUUtilTotal: total, CPUUtilUser: user, CPUUtilSystem: sys,
 		SenderHasRetransmits: t.senderHasRetransmits(),
 	}
-	if !p.UDP && len(t.streams) > 0 {
-		if name, err := congestion(t.streams[len(t.streams)-1].conn); err == nil {
-			ours.CongestionUsed = name
-		}
+	if !p.UDP {
+		ours.CongestionUsed = t.congestionUsed
 	}
 	for _, st := range t.streams {
 		ours.Streams = append(ours.Streams, st.results())
@@ -592,6 +592,10 @@ func (t *test) senderHasRetransmits() int {
 // with the test's cookie during stream setup, ACCESS_DENIED for the rest.
 func (t *test) acceptLoop(ctx context.Context, ln net.Listener) {
 	defer t.wg.Done()
+	// Streams are handed over in accept order (--bidir depends on it): each
+	// check waits for its predecessor before delivering.
+	prev := make(chan struct{})
+	close(prev)
 	for {
 		c, err := acceptCtx(ctx, ln)
 		if err != nil {
@@ -605,15 +609,19 @@ func (t *test) acceptLoop(ctx context.Context, ln net.Listener) {
 			deny(c)
 			continue
 		}
+		next := make(chan struct{})
 		t.wg.Add(1)
-		go t.checkStream(ctx, c)
+		go t.checkStream(ctx, c, prev, next)
+		prev = next
 	}
 }
 
-// checkStream reads a would-be stream's cookie and hands the connection to
-// the test when it matches.
-func (t *test) checkStream(ctx context.Context, c net.Conn) {
+// checkStream reads a would-be stream's cookie and, after the connection
+// accepted before it is dealt with (prev closed), hands it to the test when
+// the cookie matches; it closes next when done.
+func (t *test) checkStream(ctx context.Context, c net.Conn, prev <-chan struct{}, next chan<- struct{}) {
 	defer t.wg.Done()
+	defer close(next)
 	var ck [CookieSize]byte
 	_ = c.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	if _, err := io.ReadFull(c, ck[:]); err != nil {
@@ -626,6 +634,12 @@ func (t *test) checkStream(ctx context.Context, c net.Conn) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	select {
+	case <-prev:
+	case <-ctx.Done():
+		_ = c.Close()
+		return
+	}
 	select {
 	case t.conns <- c:
 	case <-ctx.Done():
@@ -739,6 +753,9 @@ func (t *test) applySockopts(st *stream) error {
 		if err := setPacingRate(st.conn, p.FQRate/8); err != nil {
 			t.log.Debug().Err(err).Msg("iperf3: fq pacing not applied")
 		}
+	}
+	if name, err := congestion(st.conn); err == nil {
+		t.congestionUsed = name
 	}
 	return nil
 }

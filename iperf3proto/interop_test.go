@@ -1,0 +1,271 @@
+package iperf3proto
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/packetparamedic/reflector/internal/testutil"
+)
+
+// within reports whether a and b differ by at most frac of the larger.
+func within(a, b float64, frac float64) bool {
+	m := math.Max(math.Abs(a), math.Abs(b))
+	return m == 0 || math.Abs(a-b) <= frac*m
+}
+
+// interopCase is one stock-client flag set against our server.
+type interopCase struct {
+	name  string
+	host  string
+	args  []string
+	check func(t *testing.T, j *iperfJSON, r *TestResult)
+}
+
+// checkDirection checks one direction's sums: both non-zero, receiver close
+// to sender, and our server's count matching the client's report.
+func checkDirection(t *testing.T, dir string, sent, recv *iperfSum, ours int64, tcp bool) {
+	t.Helper()
+	if sent == nil || recv == nil {
+		t.Fatalf("%s: missing sums (sent %v, received %v)", dir, sent, recv)
+	}
+	if sent.Bytes <= 0 || recv.Bytes <= 0 {
+		t.Fatalf("%s: zero bytes: sent %d received %d", dir, sent.Bytes, recv.Bytes)
+	}
+	if tcp && !within(float64(sent.Bytes), float64(recv.Bytes), 0.05) {
+		t.Errorf("%s: sent %d and received %d differ by more than 5%%", dir, sent.Bytes, recv.Bytes)
+	}
+	if ours >= 0 && !within(float64(ours), float64(recv.Bytes), 0.02) && !within(float64(ours), float64(sent.Bytes), 0.02) {
+		t.Errorf("%s: server counted %d, client reports sent %d received %d", dir, ours, sent.Bytes, recv.Bytes)
+	}
+}
+
+func checkSeconds(t *testing.T, s *iperfSum, want float64) {
+	t.Helper()
+	if s == nil || !within(s.Seconds, want, 0.10) {
+		t.Errorf("duration: got %+v, want %.1fs within 10%%", s, want)
+	}
+}
+
+// forward checks a client-sends test of secs seconds.
+func forward(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		checkDirection(t, "forward", j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
+		if secs > 0 {
+			checkSeconds(t, j.End.SumSent, secs)
+		}
+		if r.BytesSent != 0 {
+			t.Errorf("server sent %d bytes in a forward test", r.BytesSent)
+		}
+	}
+}
+
+// reverse checks a server-sends test.
+func reverse(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		checkDirection(t, "reverse", j.End.SumSent, j.End.SumReceived, r.BytesSent, true)
+		if secs > 0 {
+			checkSeconds(t, j.End.SumReceived, secs)
+		}
+		if r.BytesReceived != 0 {
+			t.Errorf("server received %d bytes in a reverse test", r.BytesReceived)
+		}
+	}
+}
+
+// bidir checks both directions.
+func bidir(t *testing.T, j *iperfJSON, r *TestResult) {
+	checkDirection(t, "client->server", j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
+	checkDirection(t, "server->client", j.End.SumSentBidir, j.End.SumReceivedBidir, r.BytesSent, true)
+}
+
+// udpCheck checks a UDP test's summary: packets, loss bound, jitter.
+func udpCheck(maxLoss float64, rev bool) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		s := j.End.Sum
+		if s == nil || s.Packets <= 0 || s.Bytes <= 0 {
+			t.Fatalf("UDP summary missing or empty: %+v", s)
+		}
+		if s.LostPercent > maxLoss {
+			t.Errorf("UDP loss %.2f%% above %.2f%%", s.LostPercent, maxLoss)
+		}
+		if s.Jitter <= 0 {
+			t.Errorf("UDP jitter not reported: %+v", s)
+		}
+		ours := r.BytesReceived
+		if rev {
+			ours = r.BytesSent
+		}
+		if ours <= 0 {
+			t.Errorf("server counted no UDP bytes: %+v", r)
+		}
+		if !rev && len(r.PerStream) > 0 && r.PerStream[0].Packets <= 0 {
+			t.Errorf("server UDP stats empty: %+v", r.PerStream)
+		}
+	}
+}
+
+func streams(n int, next func(t *testing.T, j *iperfJSON, r *TestResult)) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		if j.Start.TestStart.NumStreams != n || max(r.Params.Parallel, 1) != n {
+			t.Errorf("streams: client %d, server %d, want %d", j.Start.TestStart.NumStreams, r.Params.Parallel, n)
+		}
+		next(t, j, r)
+	}
+}
+
+func interopCases() []interopCase {
+	return []interopCase{
+		{name: "default", args: []string{"-t", "2"}, check: forward(2)},
+		{name: "P4", args: []string{"-t", "1", "-P", "4"}, check: streams(4, forward(1))},
+		{name: "R", args: []string{"-t", "1", "-R"}, check: reverse(1)},
+		{name: "R_P4", args: []string{"-t", "1", "-R", "-P", "4"}, check: streams(4, reverse(1))},
+		{name: "bidir", args: []string{"-t", "1", "--bidir"}, check: bidir},
+		{name: "n200M", args: []string{"-n", "200M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(0)(t, j, r)
+			if j.End.SumSent.Bytes < 200<<20 {
+				t.Errorf("sent %d, want >= 200M", j.End.SumSent.Bytes)
+			}
+		}},
+		{name: "R_n200M", args: []string{"-R", "-n", "200M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			reverse(0)(t, j, r)
+			if r.BytesSent != 200<<20 {
+				t.Errorf("server sent %d, want exactly 200M", r.BytesSent)
+			}
+		}},
+		{name: "k2000", args: []string{"-k", "2000"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(0)(t, j, r)
+			if want := int64(2000 * DefaultTCPBlockSize); j.End.SumSent.Bytes != want {
+				t.Errorf("sent %d, want %d", j.End.SumSent.Bytes, want)
+			}
+		}},
+		{name: "R_k2000", args: []string{"-R", "-k", "2000"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			// The client ends the test after 2000 reads, which may be short,
+			// leaving what is in flight unread: the server stops at 2000
+			// blocks at most.
+			checkDirection(t, "reverse", j.End.SumSent, j.End.SumReceived, r.BytesSent, false)
+			if j.End.SumReceived.Bytes > j.End.SumSent.Bytes {
+				t.Errorf("received %d > sent %d", j.End.SumReceived.Bytes, j.End.SumSent.Bytes)
+			}
+			if want := int64(2000 * DefaultTCPBlockSize); r.BytesSent > want || r.BytesSent < want/2 {
+				t.Errorf("server sent %d, want at most %d", r.BytesSent, want)
+			}
+		}},
+		{name: "l16K", args: []string{"-t", "1", "-l", "16K"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(1)(t, j, r)
+			if r.Params.Len != 16<<10 {
+				t.Errorf("len %d", r.Params.Len)
+			}
+		}},
+		{name: "w1M", args: []string{"-t", "1", "-w", "1M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(1)(t, j, r)
+			if r.Params.Window != 1<<20 {
+				t.Errorf("window %d", r.Params.Window)
+			}
+		}},
+		{name: "Z", args: []string{"-t", "1", "-Z"}, check: forward(1)},
+		{name: "R_Z", args: []string{"-t", "1", "-Z", "-R"}, check: reverse(1)},
+		{name: "O1", args: []string{"-t", "1", "-O", "1"}, check: forward(1)},
+		{name: "R_O1", args: []string{"-t", "1", "-O", "1", "-R"}, check: reverse(1)},
+		{name: "C_reno", args: []string{"-t", "1", "-C", "reno"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(1)(t, j, r)
+			if j.End.ReceiverCongestion != "reno" {
+				t.Errorf("server congestion %q, want reno", j.End.ReceiverCongestion)
+			}
+		}},
+		{name: "b500M", args: []string{"-t", "2", "-b", "500M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(2)(t, j, r)
+			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, 0.10) {
+				t.Errorf("rate %.0f, want 500M within 10%%", bps)
+			}
+		}},
+		{name: "R_b500M", args: []string{"-t", "2", "-b", "500M", "-R"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			reverse(2)(t, j, r)
+			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, 0.10) {
+				t.Errorf("rate %.0f, want 500M within 10%%", bps)
+			}
+		}},
+		{name: "get_server_output", args: []string{"-t", "1", "--get-server-output"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			forward(1)(t, j, r)
+			if !strings.Contains(j.ServerOutputText, "receiver") || !strings.Contains(j.ServerOutputText, "Accepted connection") {
+				t.Errorf("server output text: %q", j.ServerOutputText)
+			}
+		}},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(5, false)},
+		{name: "u_b200M_R", args: []string{"-t", "1", "-u", "-b", "200M", "-R"}, check: udpCheck(5, true)},
+		{name: "u_bidir_b100M", args: []string{"-t", "1", "-u", "--bidir", "-b", "100M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
+				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
+			}
+		}},
+		{name: "u_l1400_b0", args: []string{"-t", "1", "-u", "-l", "1400", "-b", "0"}, check: udpCheck(100, false)},
+		{name: "u_64bit", args: []string{"-t", "1", "-u", "--udp-counters-64bit", "-b", "50M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
+			udpCheck(5, false)(t, j, r)
+			if !r.Params.UDPCounters64Bit {
+				t.Error("64-bit counters not negotiated")
+			}
+		}},
+		{name: "ipv6", host: "::1", args: []string{"-t", "1", "-6"}, check: forward(1)},
+		{name: "ipv6_udp_R", host: "::1", args: []string{"-t", "1", "-6", "-u", "-b", "100M", "-R"}, check: udpCheck(5, true)},
+	}
+}
+
+// TestInteropStockClient runs the stock iperf3 client against our server.
+func TestInteropStockClient(t *testing.T) {
+	testutil.LookBinary(t, "iperf3")
+	for _, tc := range interopCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			host := tc.host
+			if host == "" {
+				host = "127.0.0.1"
+			}
+			ts := startServer(t, host, ServerConfig{}, 1)
+			args := append([]string{"-c", host, "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)
+			j, out := runIperf3(t, args...)
+			r := ts.result(t)
+			if j.Error != "" {
+				t.Fatalf("client error %q; server %+v", j.Error, r)
+			}
+			if r.EndReason != EndDone {
+				t.Fatalf("server end %q err %v", r.EndReason, r.Err)
+			}
+			tc.check(t, j, r)
+			if t.Failed() {
+				t.Logf("client JSON: %.3000s", out)
+			}
+		})
+	}
+}
+
+// TestInteropBusy checks that a second stock client gets "busy" while a
+// test runs, and that the first test is unaffected.
+func TestInteropBusy(t *testing.T) {
+	testutil.LookBinary(t, "iperf3")
+	ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
+	port := strconv.Itoa(ts.port)
+	type run struct {
+		j *iperfJSON
+	}
+	first := make(chan run, 1)
+	go func() {
+		j, _ := runIperf3(t, "-c", "127.0.0.1", "-p", port, "-J", "-t", "2")
+		first <- run{j}
+	}()
+	testutil.Eventually(t, 5*time.Second, "first test running", func() bool {
+		_, rcv := ts.srv.Meter()
+		return rcv > 0
+	})
+	j, _ := runIperf3(t, "-c", "127.0.0.1", "-p", port, "-J", "-t", "1")
+	if !strings.Contains(j.Error, "busy") {
+		t.Errorf("second client error %q, want busy", j.Error)
+	}
+	f := <-first
+	if f.j.Error != "" {
+		t.Errorf("first client error %q", f.j.Error)
+	}
+	if r := ts.result(t); r.EndReason != EndDone || r.BytesReceived == 0 {
+		t.Errorf("first test: %+v", r)
+	}
+}
