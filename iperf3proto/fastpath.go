@@ -10,7 +10,7 @@ import (
 )
 
 // spliceChunk bounds one zero-copy receive so byte counters stay live.
-const spliceChunk = 4 << 20
+const spliceChunk = 1 << 20
 
 // recvBufSize is the user-space buffer of the copying receive path.
 const recvBufSize = 256 << 10

@@ -820,10 +820,12 @@ func (t *test) endStreams(retrans bool) {
 	for _, st := range t.streams {
 		if st.sender {
 			_ = st.conn.SetWriteDeadline(now)
+		} else if !st.udp {
+			_ = st.conn.SetReadDeadline(now)
 		}
 	}
 	for _, st := range t.streams {
-		if st.sender && st.started {
+		if st.started && (st.sender || !st.udp) {
 			<-st.done
 		}
 	}
