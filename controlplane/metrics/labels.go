@@ -1,0 +1,164 @@
+package metrics
+
+// Every label value comes from one of the closed sets below. A value outside
+// its set is counted as LabelOther, so no input (a peer's ID, an address, an
+// error text) can grow the number of series.
+
+// LabelOther replaces any label value outside its enumeration.
+const LabelOther = "other"
+
+// TestType labels sessions and bytes by the kind of test.
+type TestType string
+
+// Test types, spelled as pp-link/1 session_request.test_type.
+const (
+	TestThroughput TestType = "throughput"
+	TestUDPEcho    TestType = "udp_echo"
+)
+
+var testTypes = []TestType{TestThroughput, TestUDPEcho}
+
+// ConnDenyReason says why a control connection was refused after or during
+// the TLS handshake.
+type ConnDenyReason string
+
+// Connection deny reasons.
+const (
+	// ConnUnknownPeer: a valid certificate whose Endpoint ID is neither
+	// authorized nor paired (pairing disabled or no pair_request).
+	ConnUnknownPeer ConnDenyReason = "unknown_peer"
+	// ConnIDMismatch: the certificate's SAN disagrees with its key
+	// (impersonation attempt).
+	ConnIDMismatch ConnDenyReason = "id_mismatch"
+	// ConnRateLimited: too many new connections from one address.
+	ConnRateLimited ConnDenyReason = "rate_limited"
+	// ConnTooMany: the control connection or handshake limit is reached.
+	ConnTooMany ConnDenyReason = "too_many_connections"
+	// ConnDraining: the server is shutting down.
+	ConnDraining ConnDenyReason = "draining"
+)
+
+var connDenyReasons = []ConnDenyReason{ConnUnknownPeer, ConnIDMismatch, ConnRateLimited, ConnTooMany, ConnDraining}
+
+// HandshakeFailure classifies a failed TLS handshake.
+type HandshakeFailure string
+
+// Handshake failure kinds.
+const (
+	// HandshakeTimeout: the handshake did not finish in handshake_timeout_sec.
+	HandshakeTimeout HandshakeFailure = "timeout"
+	// HandshakeNoClientCert: the client sent no certificate.
+	HandshakeNoClientCert HandshakeFailure = "no_client_cert"
+	// HandshakeBadCert: the client certificate is malformed, expired or not Ed25519.
+	HandshakeBadCert HandshakeFailure = "bad_certificate"
+	// HandshakeProtocol: TLS version, ALPN or other protocol mismatch.
+	HandshakeProtocol HandshakeFailure = "protocol"
+	// HandshakeEOF: the peer closed or reset the connection mid-handshake.
+	HandshakeEOF HandshakeFailure = "eof"
+)
+
+var handshakeFailures = []HandshakeFailure{HandshakeTimeout, HandshakeNoClientCert, HandshakeBadCert, HandshakeProtocol, HandshakeEOF}
+
+// SessionDenyReason is the reason of a session_deny, spelled as on the wire
+// (link.DenyReason converts with SessionDenyReason(r)).
+type SessionDenyReason string
+
+// Session deny reasons.
+const (
+	DenyUnauthorized      SessionDenyReason = "unauthorized"
+	DenyRateLimited       SessionDenyReason = "rate_limited"
+	DenyBusy              SessionDenyReason = "busy"
+	DenyInvalidParams     SessionDenyReason = "invalid_params"
+	DenyQuotaExceeded     SessionDenyReason = "quota_exceeded"
+	DenyResourceExhausted SessionDenyReason = "resource_exhausted"
+)
+
+var sessionDenyReasons = []SessionDenyReason{DenyUnauthorized, DenyRateLimited, DenyBusy, DenyInvalidParams, DenyQuotaExceeded, DenyResourceExhausted}
+
+// EndReason says how a granted session ended.
+type EndReason string
+
+// Session end reasons. The first four match iperf3proto.EndReason values.
+const (
+	EndDone       EndReason = "done"        // the test ran to its end
+	EndClientGone EndReason = "client_gone" // the client disconnected or terminated
+	EndDeadline   EndReason = "deadline"    // the hard deadline cut it
+	EndError      EndReason = "error"       // protocol error or refused parameters
+	EndClosed     EndReason = "closed"      // session_close from the peer
+	EndNeverUsed  EndReason = "never_used"  // the grant expired before the client came
+	EndQuota      EndReason = "quota"       // cut off at the peer's byte quota
+	EndShutdown   EndReason = "shutdown"    // the server drained
+)
+
+var endReasons = []EndReason{EndDone, EndClientGone, EndDeadline, EndError, EndClosed, EndNeverUsed, EndQuota, EndShutdown}
+
+// Direction is the way bytes moved, seen from the reflector.
+type Direction string
+
+// Directions.
+const (
+	RX Direction = "rx" // received from the client (upload test)
+	TX Direction = "tx" // sent to the client (reverse / download test)
+)
+
+var directions = []Direction{RX, TX}
+
+// PairingKind is a pairing event.
+type PairingKind string
+
+// Pairing events, matching the audit events where they exist.
+const (
+	PairingEnabled  PairingKind = "enabled"  // a pairing token was issued
+	PairingPaired   PairingKind = "paired"   // a peer paired with a valid token
+	PairingRejected PairingKind = "rejected" // a pair_request with a wrong or expired token
+	PairingRemoved  PairingKind = "removed"  // a peer was removed
+)
+
+var pairingKinds = []PairingKind{PairingEnabled, PairingPaired, PairingRejected, PairingRemoved}
+
+// AttachDenyReason says why a tunnel attach was refused.
+type AttachDenyReason string
+
+// Tunnel attach deny reasons.
+const (
+	AttachUnknownTest AttachDenyReason = "unknown_test" // no such test_id (or already over)
+	AttachWrongPeer   AttachDenyReason = "wrong_peer"   // the session belongs to another peer
+	AttachBadToken    AttachDenyReason = "bad_token"    // the token does not match
+	AttachExpired     AttachDenyReason = "expired"      // the grant expired
+	AttachTooMany     AttachDenyReason = "too_many"     // more streams than the session allows
+	AttachWrongMode   AttachDenyReason = "wrong_mode"   // the session is not tunneled
+)
+
+var attachDenyReasons = []AttachDenyReason{AttachUnknownTest, AttachWrongPeer, AttachBadToken, AttachExpired, AttachTooMany, AttachWrongMode}
+
+// RateLimitKind names the limiter that refused something.
+type RateLimitKind string
+
+// Rate limiters.
+const (
+	LimitNewConns     RateLimitKind = "new_connections" // new connections per address
+	LimitFrames       RateLimitKind = "frames"          // frames per second on one control connection
+	LimitTestsPerHour RateLimitKind = "tests_per_hour"  // tests per peer per hour
+	LimitCooldown     RateLimitKind = "cooldown"        // pause between two tests of one peer
+)
+
+var rateLimitKinds = []RateLimitKind{LimitNewConns, LimitFrames, LimitTestsPerHour, LimitCooldown}
+
+// norm returns v when it is in set, LabelOther otherwise.
+func norm[T ~string](v T, set []T) string {
+	for _, s := range set {
+		if v == s {
+			return string(v)
+		}
+	}
+	return LabelOther
+}
+
+// withOther returns the set's values as strings plus LabelOther.
+func withOther[T ~string](set []T) []string {
+	out := make([]string, 0, len(set)+1)
+	for _, s := range set {
+		out = append(out, string(s))
+	}
+	return append(out, LabelOther)
+}
