@@ -1,0 +1,87 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/packetparamedic/reflector/iperf3proto"
+)
+
+const (
+	// iperf3BenchBytes is what one benchmark op moves (the client's -n), so
+	// ns/op is the time of a fixed transfer, handshake and results included.
+	iperf3BenchBytes = 64 << 20
+	// iperf3OpTimeout bounds one op; 64 MiB takes well under a second on
+	// loopback even on a loaded machine.
+	iperf3OpTimeout = 30 * time.Second
+)
+
+// BenchmarkTCPReceive: our client sends, our server receives (splice to
+// /dev/null on Linux).
+func BenchmarkTCPReceive(b *testing.B) {
+	benchIperf3(b, iperf3proto.ClientConfig{Bytes: iperf3BenchBytes}, nil)
+}
+
+// BenchmarkTCPSend: our server sends (-R), our client receives.
+func BenchmarkTCPSend(b *testing.B) {
+	benchIperf3(b, iperf3proto.ClientConfig{Bytes: iperf3BenchBytes, Reverse: true}, nil)
+}
+
+// benchIperf3 runs one test per op: our server serves exactly one test
+// (ServeOne) while our client runs it, and the op ends when both are done,
+// so the server's setup and teardown are part of the op. It reports the
+// receiver's throughput (Gbit/s) and, for UDP, its loss.
+func benchIperf3(b *testing.B, cfg iperf3proto.ClientConfig, udp iperf3proto.UDPAcceptor) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("listen: %v", err)
+	}
+	b.Cleanup(func() { _ = ln.Close() })
+	srv := iperf3proto.NewServer(iperf3proto.ServerConfig{})
+	d := &iperf3proto.NetDialer{Address: ln.Addr().String()}
+	b.SetBytes(iperf3BenchBytes)
+	b.ReportAllocs()
+	var received, packets, lost int64
+	var seconds float64
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), iperf3OpTimeout)
+		served := make(chan error, 1)
+		go func() {
+			res, err := srv.ServeOne(ctx, ln, udp)
+			if err == nil && res.Err != nil {
+				err = fmt.Errorf("test ended %s: %w", res.EndReason, res.Err)
+			}
+			served <- err
+		}()
+		res, err := iperf3proto.RunClient(ctx, d, cfg, nil)
+		serr := <-served
+		cancel()
+		if err != nil {
+			b.Fatalf("RunClient: %v", err)
+		}
+		if serr != nil {
+			b.Fatalf("ServeOne: %v", serr)
+		}
+		dir := res.Upload
+		if cfg.Reverse {
+			dir = res.Download
+		}
+		if dir == nil || dir.ReceivedBytes <= 0 || dir.ReceiverSeconds <= 0 {
+			b.Fatalf("no receiver result: %+v", dir)
+		}
+		if dir.ReceivedBytes > dir.SentBytes {
+			b.Fatalf("receiver counted %d bytes, more than the %d sent", dir.ReceivedBytes, dir.SentBytes)
+		}
+		received += dir.ReceivedBytes
+		seconds += dir.ReceiverSeconds
+		packets += dir.Packets
+		lost += dir.Lost
+	}
+	b.ReportMetric(float64(received)*8/seconds/1e9, "Gbit/s")
+	if cfg.UDP && packets > 0 {
+		b.ReportMetric(100*float64(lost)/float64(packets), "loss%")
+	}
+}
