@@ -269,3 +269,29 @@ func TestInteropBusy(t *testing.T) {
 		t.Errorf("first test: %+v", r)
 	}
 }
+
+// TestInteropRefused checks the stock client's message when the server
+// refuses a request above its limits.
+func TestInteropRefused(t *testing.T) {
+	testutil.LookBinary(t, "iperf3")
+	for _, tc := range []struct {
+		name string
+		cfg  ServerConfig
+		args []string
+		want string
+	}{
+		{"streams", ServerConfig{MaxStreams: 2}, []string{"-P", "4", "-t", "1"}, "parallel streams too large"},
+		{"duration", ServerConfig{MaxDuration: 2 * time.Second}, []string{"-t", "5"}, "duration too long"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, "127.0.0.1", tc.cfg, 1)
+			j, _ := runIperf3(t, append([]string{"-c", "127.0.0.1", "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)...)
+			if !strings.Contains(j.Error, tc.want) {
+				t.Errorf("client error %q, want %q", j.Error, tc.want)
+			}
+			if r := ts.result(t); r.EndReason != EndError {
+				t.Errorf("end %s", r.EndReason)
+			}
+		})
+	}
+}

@@ -55,8 +55,13 @@ type Params struct {
 	GROBfSize        int    // "gro_bf_size"
 }
 
-// ErrParamType is wrapped by ParseParams when a known key has the wrong type.
-var ErrParamType = errors.New("iperf3 params: wrong value type")
+// ErrParamType is wrapped by ParseParams and ParseResults when a known key
+// has the wrong type or a required key is missing.
+var ErrParamType = errors.New("iperf3: wrong or missing value")
+
+// ErrMalformed is wrapped by ParseParams and ParseResults when the message
+// is not a JSON object.
+var ErrMalformed = errors.New("iperf3: malformed JSON")
 
 type keyKind int
 
@@ -167,7 +172,7 @@ func ParseParams(b []byte) (Params, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	if err := dec.Decode(&raw); err != nil {
-		return p, fmt.Errorf("iperf3 params: %w", err)
+		return p, fmt.Errorf("iperf3 params: %w: %v", ErrMalformed, err)
 	}
 	if raw == nil {
 		return p, fmt.Errorf("iperf3 params: not an object: %w", ErrParamType)

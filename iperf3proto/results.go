@@ -71,7 +71,7 @@ func ParseResults(b []byte, max int) (Results, error) {
 	}
 	var w resultsWire
 	if err := json.Unmarshal(b, &w); err != nil {
-		return r, fmt.Errorf("iperf3 results: %w", err)
+		return r, fmt.Errorf("iperf3 results: %w: %v", ErrMalformed, err)
 	}
 	if w.CPUUtilTotal == nil || w.CPUUtilUser == nil || w.CPUUtilSystem == nil || w.SenderHasRetransmits == nil || w.Streams == nil {
 		return r, fmt.Errorf("iperf3 results: missing cpu_util, sender_has_retransmits or streams: %w", ErrParamType)

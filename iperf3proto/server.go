@@ -344,7 +344,7 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 		t.params, err = ParseParams(b)
 	}
 	if err != nil {
-		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || classify(err) == EndError {
+		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || errors.Is(err, ErrMalformed) || classify(err) == EndError {
 			t.log.Warn().Err(err).Msg("iperf3: bad parameters: SERVER_ERROR")
 			_ = writeServerError(ctrl, ErrRecvParams, 0)
 			return fail(EndError, err)
