@@ -1,0 +1,407 @@
+// Package server joins the control-plane packages into the running
+// reflector: the pp-link/1 listener (mutual TLS, peer identity from the
+// certificate key, allowlist and pairing decisions, audit), the message
+// dispatch to a Sessions implementation, and the local admin socket behind
+// `reflector pair`, `reflector peers` and `reflector status`.
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/packetparamedic/reflector/controlplane/admin"
+	"github.com/packetparamedic/reflector/controlplane/audit"
+	"github.com/packetparamedic/reflector/controlplane/config"
+	"github.com/packetparamedic/reflector/controlplane/hostinfo"
+	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/pairing"
+	"github.com/packetparamedic/reflector/controlplane/peers"
+)
+
+// DefaultPairingTTL is how long the window opened by pairing_enabled = true
+// at start-up stays open.
+const DefaultPairingTTL = time.Hour
+
+// writeTimeout bounds every frame the server writes.
+const writeTimeout = 10 * time.Second
+
+// ErrNotStarted is returned by methods that need a listening server.
+var ErrNotStarted = errors.New("server is not started")
+
+// Options adjust a Server; the zero value is valid.
+type Options struct {
+	// Logger receives the server's log; the zero value discards it.
+	Logger zerolog.Logger
+	// Now is the wall clock; nil means time.Now.
+	Now func() time.Time
+	// NewSessions builds the session manager once the identity and the
+	// audit log are open; nil means NoSessions (every request denied).
+	NewSessions func(Env) (Sessions, error)
+	// Source says where the configuration came from (banner and status).
+	Source config.Source
+}
+
+// Stats counts connection outcomes since the server started.
+type Stats struct {
+	Accepted          uint64 `json:"accepted"`
+	Denied            uint64 `json:"denied"`
+	ConnLimitRejected uint64 `json:"conn_limit_rejected"`
+	HandshakeLimited  uint64 `json:"handshake_limit_rejected"`
+	AddrRateLimited   uint64 `json:"addr_rate_limited"`
+	HandshakeFailed   uint64 `json:"handshake_failed"`
+	Malformed         uint64 `json:"malformed"`
+	FrameRateExceeded uint64 `json:"frame_rate_exceeded"`
+	IdleClosed        uint64 `json:"idle_closed"`
+}
+
+type counters struct {
+	accepted, denied, connLimit, hsLimit, addrLimited atomic.Uint64
+	hsFailed, malformed, frameRate, idle              atomic.Uint64
+}
+
+// Server is one reflector control plane. Create it with New, then Start;
+// Shutdown stops it.
+type Server struct {
+	cfg      *config.Config
+	log      zerolog.Logger
+	now      func() time.Time
+	source   config.Source
+	key      ed25519.PrivateKey
+	cert     tls.Certificate
+	id       identity.EndpointID
+	tlsConf  *tls.Config
+	audit    *audit.Log
+	peers    *peers.Store
+	pairing  *pairing.Manager
+	sessions Sessions
+	sampler  *hostinfo.Sampler
+	limiter  *addrLimiter
+	stats    counters
+
+	handshakeTimeout time.Duration
+	idleTimeout      time.Duration
+
+	mu        sync.Mutex
+	ln        net.Listener
+	admin     *admin.Server
+	started   time.Time
+	conns     map[uint64]*serverConn
+	nextID    uint64
+	shutdown  bool
+	active    int
+	handshake int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New prepares a server from cfg: it loads (or creates) the identity key,
+// opens the audit log, the peer allowlist and the pairing manager, and
+// builds the session manager. Nothing listens until Start.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	if cfg == nil {
+		return nil, errors.New("new server: nil config")
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	s := &Server{
+		cfg:              cfg,
+		log:              opts.Logger,
+		now:              now,
+		source:           opts.Source,
+		pairing:          pairing.NewManager(now),
+		sampler:          hostinfo.NewSampler(),
+		conns:            map[uint64]*serverConn{},
+		handshakeTimeout: seconds(cfg.Limits.HandshakeTimeoutSec, 10),
+		idleTimeout:      seconds(cfg.Limits.IdleTimeoutSec, 300),
+		limiter:          newAddrLimiter(cfg.Limits.NewConnsPerSecPerAddr, cfg.Limits.NewConnsBurstPerAddr),
+	}
+	if err := os.MkdirAll(cfg.State.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", cfg.State.Dir, err)
+	}
+	key, created, err := identity.LoadOrCreateKey(cfg.Identity.PrivateKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	s.key = key
+	s.id = identity.IDFromPublicKey(key.Public().(ed25519.PublicKey))
+	if created {
+		s.log.Info().Str("path", cfg.Identity.PrivateKeyPath).Str("endpoint_id", s.id.String()).Msg("created a new identity key")
+	}
+	if s.cert, err = identity.NewCertificate(key); err != nil {
+		return nil, err
+	}
+	alpn := cfg.Network.ALPN
+	if alpn == "" {
+		alpn = "pp-link/1"
+	}
+	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
+
+	static, err := parseIDs(cfg.Access.AuthorizedPeers)
+	if err != nil {
+		return nil, err
+	}
+	if s.peers, err = peers.Open(cfg.PeersFile(), static); err != nil {
+		return nil, fmt.Errorf("open peer allowlist: %w", err)
+	}
+	if s.audit, err = audit.Open(cfg.Logging.AuditLogPath, s.id.String()); err != nil {
+		return nil, err
+	}
+	sessions := Sessions(NoSessions{})
+	if opts.NewSessions != nil {
+		sessions, err = opts.NewSessions(Env{
+			Config:       cfg,
+			EndpointID:   s.id,
+			Certificate:  s.cert,
+			Audit:        s.audit,
+			AuditHealthy: s.AuditHealthy,
+			Logger:       s.log,
+			Now:          now,
+		})
+		if err != nil {
+			_ = s.audit.Close()
+			return nil, fmt.Errorf("start session manager: %w", err)
+		}
+	}
+	s.sessions = sessions
+	s.peers.OnRemove(s.dropPeer)
+	return s, nil
+}
+
+func seconds(n, def int) time.Duration {
+	if n <= 0 {
+		n = def
+	}
+	return time.Duration(n) * time.Second
+}
+
+func parseIDs(list []string) ([]identity.EndpointID, error) {
+	out := make([]identity.EndpointID, 0, len(list))
+	for i, s := range list {
+		id, err := identity.ParseEndpointID(s)
+		if err != nil {
+			return nil, fmt.Errorf("access.authorized_peers[%d]: %w", i, err)
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// EndpointID returns the server's own Endpoint ID.
+func (s *Server) EndpointID() identity.EndpointID { return s.id }
+
+// Config returns the configuration the server runs with.
+func (s *Server) Config() *config.Config { return s.cfg }
+
+// AuditHealthy returns nil while the audit log can be written; otherwise
+// the failure. A Sessions implementation refuses grants while it is not
+// nil (fail closed), and `reflector status` reports it.
+func (s *Server) AuditHealthy() error { return s.audit.Health() }
+
+// Peers returns the allowlist.
+func (s *Server) Peers() *peers.Store { return s.peers }
+
+// Stats returns the connection counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Accepted: c.accepted.Load(), Denied: c.denied.Load(),
+		ConnLimitRejected: c.connLimit.Load(), HandshakeLimited: c.hsLimit.Load(),
+		AddrRateLimited: c.addrLimited.Load(), HandshakeFailed: c.hsFailed.Load(),
+		Malformed: c.malformed.Load(), FrameRateExceeded: c.frameRate.Load(),
+		IdleClosed: c.idle.Load(),
+	}
+}
+
+// Addr returns the bound control listener address, or nil before Start.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Start binds the pp-link/1 listener and the admin socket, opens the
+// start-up pairing window when the config asks for it, logs the banner and
+// returns; connections are served in the background until Shutdown.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ln != nil || s.shutdown {
+		s.mu.Unlock()
+		return errors.New("start server: already started")
+	}
+	s.mu.Unlock()
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Network.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Network.ListenAddress, err)
+	}
+	adm, err := admin.Listen(s.cfg.AdminSocket(), admin.HandlerFunc(s.handleAdmin))
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	s.mu.Lock()
+	s.ln, s.admin, s.started = ln, adm, s.now()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.mu.Unlock()
+
+	s.banner(ln.Addr())
+	if s.cfg.Access.PairingEnabled {
+		if _, err := s.openPairing(DefaultPairingTTL, "config"); err != nil {
+			s.log.Error().Err(err).Msg("could not open the start-up pairing window")
+		}
+	}
+	s.wg.Add(1)
+	go s.acceptLoop(ln)
+	return nil
+}
+
+func (s *Server) banner(addr net.Addr) {
+	src := s.source.Origin
+	if s.source.Path != "" {
+		src = s.source.Path + " (" + s.source.Origin + ")"
+	}
+	if src == "" {
+		src = "caller"
+	}
+	s.log.Info().
+		Str("endpoint_id", s.id.String()).
+		Str("listen", addr.String()).
+		Str("mode", s.cfg.Network.Mode).
+		Str("state_dir", s.cfg.State.Dir).
+		Str("config", src).
+		Int("authorized_peers", len(s.peers.List())).
+		Msg("reflector serving pp-link/1")
+}
+
+// Uptime is the time since Start.
+func (s *Server) Uptime() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started.IsZero() {
+		return 0
+	}
+	return s.now().Sub(s.started)
+}
+
+// Reload applies a re-read configuration (SIGHUP): the audit log is
+// reopened (after logrotate) and the config file's authorized peers
+// replace the previous ones; peers that lose access are disconnected.
+// Other settings need a restart.
+func (s *Server) Reload(cfg *config.Config) error {
+	var errs []error
+	if err := s.audit.Reopen(); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg != nil {
+		ids, err := parseIDs(cfg.Access.AuthorizedPeers)
+		if err == nil {
+			err = s.peers.SetStatic(ids)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reload authorized peers: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Shutdown stops accepting, closes the admin socket, ends the sessions and
+// every connection, and waits for the connection goroutines until ctx is
+// done. The audit log is closed last.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return nil
+	}
+	s.shutdown = true
+	ln, adm, cancel := s.ln, s.admin, s.cancel
+	s.mu.Unlock()
+
+	var errs []error
+	if ln != nil {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("close listener: %w", err))
+		}
+	}
+	if adm != nil {
+		if err := adm.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close admin socket: %w", err))
+		}
+	}
+	if err := s.sessions.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("end sessions: %w", err))
+	}
+	if cancel != nil {
+		cancel()
+	}
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("wait for connections: %w", ctx.Err()))
+	}
+	if err := s.audit.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info().Msg("reflector stopped")
+	return errors.Join(errs...)
+}
+
+// dropPeer closes every open connection of a peer that lost access.
+func (s *Server) dropPeer(id identity.EndpointID) {
+	s.mu.Lock()
+	var n int
+	for _, c := range s.conns {
+		if c.peer.ID == id {
+			c.close()
+			n++
+		}
+	}
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Info().Str("peer_id", id.String()).Int("connections", n).Msg("peer removed: closed its connections")
+	}
+}
+
+// openPairing opens a pairing window and audits it.
+func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, error) {
+	token, expires, err := s.pairing.Open(ttl)
+	if err != nil {
+		return admin.PairResult{}, err
+	}
+	if err := s.audit.Write(audit.Event{
+		EventType: audit.PairingEnabled,
+		Decision:  "open",
+		Reason:    by,
+		Details:   map[string]any{"expires_at": expires.UTC().Format(time.RFC3339)},
+	}); err != nil {
+		s.log.Error().Err(err).Msg("audit pairing_enabled")
+	}
+	s.log.Info().Str("endpoint_id", s.id.String()).Str("token", token).
+		Time("expires_at", expires).Str("opened_by", by).Msg("pairing window open")
+	return admin.PairResult{EndpointID: s.id.String(), Token: token, ExpiresAt: expires.UTC()}, nil
+}
