@@ -411,3 +411,15 @@ func (s *Store) flushLocked(now time.Time) error {
 	s.flushErr = nil
 	return nil
 }
+
+// Usages returns the usage of every peer with accounting at now.
+func (s *Store) Usages(now time.Time) map[string]Usage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]Usage, len(s.data.Peers))
+	for id := range s.data.Peers {
+		p := s.peer(id, now, false)
+		out[id] = Usage{TestsLastHour: len(p.Starts), TestsToday: p.TestsDay, BytesToday: p.BytesDay}
+	}
+	return out
+}

@@ -157,6 +157,9 @@ func TestPeersAreSeparate(t *testing.T) {
 	if got := s.Remaining("B", t0); got != 1000 {
 		t.Fatalf("Remaining(B) = %d, want 1000", got)
 	}
+	if u := s.Usages(t0); len(u) != 1 || u["A"].BytesToday != 5000 || u["A"].TestsToday != 1 {
+		t.Fatalf("Usages = %+v, want only A with 1 test and 5000 bytes", u)
+	}
 	tests, bytes := s.Today(t0)
 	if tests != 1 || bytes != 5000 {
 		t.Fatalf("Today = %d tests, %d bytes; want 1, 5000", tests, bytes)
