@@ -61,6 +61,9 @@ const (
 	maxConns = 16
 	// writeGrace bounds writing the response once the request is done.
 	writeGrace = time.Second
+	// maxSocketPath is the portable limit of a Unix socket path (sun_path
+	// is 104 bytes on the BSDs, 108 on Linux, the final NUL included).
+	maxSocketPath = 104
 	// probeTimeout bounds the check for a live server at the socket path.
 	probeTimeout = time.Second
 )
@@ -177,6 +180,10 @@ func listen(path string, h Handler, timeout time.Duration) (*Server, error) {
 	tmp := filepath.Join(private, "s")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
+		if len(tmp) >= maxSocketPath {
+			return nil, fmt.Errorf("admin socket %s: path too long (the socket is bound first at %s, %d bytes; the system allows about %d): %w",
+				path, tmp, len(tmp), maxSocketPath, err)
+		}
 		return nil, fmt.Errorf("admin socket %s: listen: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(false)
@@ -329,7 +336,7 @@ func readLine(r io.Reader, max int) ([]byte, error) {
 	case errors.Is(err, io.EOF) && len(line) > 0:
 		return line, nil
 	case errors.Is(err, io.EOF):
-		return nil, fmt.Errorf("%w: empty", ErrBadRequest)
+		return nil, fmt.Errorf("connection closed before a line arrived: %w", io.ErrUnexpectedEOF)
 	default:
 		return nil, err
 	}

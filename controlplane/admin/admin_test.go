@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -280,6 +281,18 @@ func TestNotASocket(t *testing.T) {
 	}
 }
 
+func TestPathTooLong(t *testing.T) {
+	path := filepath.Join(t.TempDir(), strings.Repeat("d", 100), "admin.sock")
+	s, err := Listen(path, &echo{})
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("Listen on an overlong path succeeded")
+	}
+	if !strings.Contains(err.Error(), "path too long") {
+		t.Fatalf("Listen = %v, want a path-too-long explanation", err)
+	}
+}
+
 func TestNotRunning(t *testing.T) {
 	path := sockPath(t)
 	err := Call(context.Background(), path, Request{Op: OpStatus}, nil)
@@ -397,7 +410,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		line, err := readLine(strings.NewReader(string(data)), 256)
 		if err != nil {
-			if len(data) > 0 && !errors.Is(err, ErrTooLarge) {
+			if len(data) == 0 && !errors.Is(err, io.ErrUnexpectedEOF) || len(data) > 0 && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("readLine(%q) = %v", data, err)
 			}
 			return

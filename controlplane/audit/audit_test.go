@@ -39,7 +39,7 @@ func decode(t *testing.T, line string) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal([]byte(line), &m); err != nil {
-		t.Fatalf("line %q is not JSON: %v", line, err)
+		t.Fatalf("line %q... is not JSON: %v", line[:min(len(line), 200)], err)
 	}
 	return m
 }
