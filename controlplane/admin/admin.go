@@ -137,6 +137,7 @@ type RemoteError struct {
 	Message string
 }
 
+// Error names the operation and quotes the server's message.
 func (e *RemoteError) Error() string { return fmt.Sprintf("reflector server: %s: %s", e.Op, e.Message) }
 
 // Server serves admin requests on a Unix socket.
