@@ -310,9 +310,10 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 	}
 	if err := m.audit.Write(ev); err != nil {
 		// Fail closed: nothing is granted that is not on record. The start
-		// stays counted in the quota.
+		// stays counted in the hour; the cooldown is released, the refusal
+		// being the reflector's fault.
 		abort()
-		_ = m.quota.End(peer.ID.String(), false, now)
+		_ = m.quota.End(peer.ID.String(), true, now)
 		m.log.Error().Err(err).Msg("session: audit session_granted failed: refusing")
 		return &link.SessionDeny{Reason: link.DenyResourceExhausted.ForAppliance(), Message: "audit log unavailable"}
 	}
