@@ -220,7 +220,7 @@ func compare(ctx context.Context, o options, log io.Writer) ([]caseResult, error
 				order = []*server{ours, stock}
 			}
 			for _, s := range order {
-				rr, udp, err := measure(ctx, client, s, o.seconds, c.Args)
+				rr, udp, err := measure(ctx, log, client, s, o.seconds, c.Args)
 				if err != nil {
 					return nil, fmt.Errorf("case %q round %d against %s: %w", c.Name, r+1, s.name, err)
 				}
@@ -261,10 +261,11 @@ func startServer(ctx context.Context, name string, port int, argv ...string) (*s
 // measure runs one client test against s and charges the server's CPU time
 // over the run to it. A failed run is retried (a server may still be tearing
 // down the previous test) unless the server has exited.
-func measure(ctx context.Context, client iperfrun.Client, s *server, seconds int, args []string) (runResult, bool, error) {
+func measure(ctx context.Context, log io.Writer, client iperfrun.Client, s *server, seconds int, args []string) (runResult, bool, error) {
 	var lastErr error
 	for attempt := range attempts {
 		if attempt > 0 {
+			fmt.Fprintf(log, "retrying against %s after: %v\n", s.name, lastErr)
 			t := time.NewTimer(time.Duration(attempt) * 250 * time.Millisecond)
 			select {
 			case <-ctx.Done():
