@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/controlplane/server"
+	"github.com/packetparamedic/reflector/controlplane/session"
 )
 
 func runServe(e *env, args []string) error {
@@ -47,7 +48,7 @@ func runServe(e *env, args []string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	srv, err := server.New(cfg, server.Options{Logger: log, Source: src})
+	srv, err := server.New(cfg, server.Options{Logger: log, Source: src, NewSessions: session.NewSessions})
 	if err != nil {
 		return err
 	}

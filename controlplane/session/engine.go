@@ -105,7 +105,8 @@ func (l *countingListener) SetDeadline(t time.Time) error {
 	return nil
 }
 
-// throughputEngine is a native iperf3 server on one port (TCP and UDP).
+// throughputEngine is a native iperf3 server on one port (TCP, and UDP for
+// protocol udp).
 type throughputEngine struct {
 	ln      net.Listener
 	udp     udpAcceptor
@@ -141,12 +142,14 @@ func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port 
 	if err != nil {
 		return nil, fmt.Errorf("listen tcp %s: %w", addr, err)
 	}
-	ua, err := openUDP(ctx, addr, allowed)
-	if err != nil {
-		_ = ln.Close()
-		return nil, fmt.Errorf("listen udp %s: %w", addr, err)
+	e := &throughputEngine{}
+	if sp.Protocol == "udp" {
+		// validate refuses UDP throughput when openUDP is nil.
+		if e.udp, err = openUDP(ctx, addr, allowed); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("listen udp %s: %w", addr, err)
+		}
 	}
-	e := &throughputEngine{udp: ua}
 	e.ln = &countingListener{Listener: ln, allowed: allowed, foreign: &e.foreign}
 	wantUDP := sp.Protocol == "udp"
 	e.srv = iperf3proto.NewServer(iperf3proto.ServerConfig{
@@ -169,11 +172,17 @@ func (e *throughputEngine) meter() (int64, int64) { return e.srv.Meter() }
 
 func (e *throughputEngine) close() {
 	_ = e.ln.Close()
-	_ = e.udp.Close()
+	if e.udp != nil {
+		_ = e.udp.Close()
+	}
 }
 
 func (e *throughputEngine) run(ctx context.Context) outcome {
-	res, err := e.srv.ServeOne(ctx, e.ln, e.udp)
+	var ua iperf3proto.UDPAcceptor // nil for TCP tests, which never use it
+	if e.udp != nil {
+		ua = e.udp
+	}
+	res, err := e.srv.ServeOne(ctx, e.ln, ua)
 	if err != nil {
 		// No test ran: ended by the manager, the deadline, or a broken
 		// listener.

@@ -94,7 +94,8 @@ type Options struct {
 	Logger       zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// openUDP opens the UDP side of a throughput port.
+	// openUDP opens the UDP side of a throughput port; nil refuses
+	// protocol udp throughput tests.
 	openUDP openUDPFunc
 }
 
@@ -141,8 +142,8 @@ type session struct {
 // New returns a Manager. Options.Config, Audit, Quota and Ports are
 // required.
 func New(o Options) (*Manager, error) {
-	if o.Config == nil || o.Audit == nil || o.Quota == nil || o.Ports == nil || o.openUDP == nil {
-		return nil, errors.New("session manager: config, audit, quota, ports and UDP acceptor are required")
+	if o.Config == nil || o.Audit == nil || o.Quota == nil || o.Ports == nil {
+		return nil, errors.New("session manager: config, audit, quota and ports are required")
 	}
 	host, _, err := net.SplitHostPort(o.Config.Network.ListenAddress)
 	if err != nil {
@@ -215,7 +216,7 @@ func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.Se
 	if m.cfg.Network.Mode != config.ModeDirectEphemeral {
 		return m.deny(peer, req, link.DenyResourceExhausted, TunneledUnavailable, nil)
 	}
-	sp, err := validate(m.cfg, req)
+	sp, err := validate(m.cfg, req, m.openUDP != nil)
 	if err != nil {
 		return m.deny(peer, req, link.DenyInvalidParams, err.Error(), nil)
 	}

@@ -94,31 +94,6 @@ func (p *rangePorts) busy() int {
 	return len(p.inUse)
 }
 
-// idleUDP accepts no UDP streams until closed (TCP-only tests).
-type idleUDP struct{ done chan struct{} }
-
-func (u *idleUDP) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
-	select {
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	case <-u.done:
-		return nil, nil, net.ErrClosed
-	}
-}
-
-func (u *idleUDP) Close() error {
-	select {
-	case <-u.done:
-	default:
-		close(u.done)
-	}
-	return nil
-}
-
-func openIdleUDP(context.Context, string, netip.Addr) (udpAcceptor, error) {
-	return &idleUDP{done: make(chan struct{})}, nil
-}
-
 type fixture struct {
 	m     *Manager
 	cfg   *config.Config
@@ -154,7 +129,7 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 		ports: &rangePorts{base: base, n: cfg.Network.DataPortRangeEnd - base + 1, inUse: map[int]bool{}},
 		peer:  server.PeerInfo{ID: testPeer, Addr: netip.MustParseAddrPort("127.0.0.1:40000"), ConnID: 1},
 	}
-	f.m, err = New(Options{Config: cfg, Audit: f.audit, Quota: q, Ports: f.ports, openUDP: openIdleUDP})
+	f.m, err = New(Options{Config: cfg, Audit: f.audit, Quota: q, Ports: f.ports})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +252,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := validate(cfg, tc.req)
+			s, err := validate(cfg, tc.req, true)
 			if tc.wantErr {
 				var pe *paramError
 				if !errors.As(err, &pe) {
@@ -292,7 +267,7 @@ func TestValidate(t *testing.T) {
 	}
 	off := config.Default()
 	off.Quotas.AllowUDPEcho = false
-	if _, err := validate(off, link.SessionRequest{TestType: "udp_echo", Params: link.TestParams{DurationSec: 1}}); err == nil {
+	if _, err := validate(off, link.SessionRequest{TestType: "udp_echo", Params: link.TestParams{DurationSec: 1}}, true); err == nil {
 		t.Fatal("udp_echo accepted with allow_udp_echo = false")
 	}
 }

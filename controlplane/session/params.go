@@ -57,7 +57,8 @@ func invalid(format string, args ...any) error {
 // iperf3.max_streams are clamped, not refused (the grant reports the
 // effective values and Clamped); an echo rate above quotas.echo_max_pps is
 // clamped too. Everything else that is wrong is an invalid_params error.
-func validate(cfg *config.Config, req link.SessionRequest) (*spec, error) {
+// udpThroughput says whether iperf3 UDP tests can be served.
+func validate(cfg *config.Config, req link.SessionRequest, udpThroughput bool) (*spec, error) {
 	q := cfg.Quotas
 	p := req.Params
 	s := &spec{TestType: req.TestType}
@@ -95,6 +96,9 @@ func validate(cfg *config.Config, req link.SessionRequest) (*spec, error) {
 		}
 	}
 
+	if req.TestType == link.TestThroughput && s.Protocol == link.ProtocolUDP && !udpThroughput {
+		return nil, invalid("protocol udp throughput tests are not available in this build")
+	}
 	if req.TestType == link.TestUDPEcho {
 		s.RatePPS = q.EchoMaxPPS
 		if p.RatePPS != nil {
