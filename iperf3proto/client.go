@@ -618,6 +618,12 @@ func (c *client) endStreams(retrans bool) {
 		if st.sender || !st.udp {
 			<-st.done
 		}
+		if !st.sender && !st.udp {
+			if n := drainQueued(st.conn); n > 0 {
+				st.bytes.Add(n)
+				c.recv.Add(n)
+			}
+		}
 	}
 	for _, st := range c.streams {
 		st.markEnd(now, retrans && st.sender)

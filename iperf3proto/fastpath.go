@@ -17,9 +17,13 @@ const recvBufSize = 256 << 10
 
 // discardTCP reads conn until EOF or error, reporting every chunk to
 // onBytes, and returns the total. It moves bytes socket -> pipe -> /dev/null
-// with splice(2) when the platform allows it (os.File.ReadFrom does so on
-// Linux for TCP sources) and falls back to reading into one reused buffer.
+// with splice(2) where it can (our own loop on Linux; os.File.ReadFrom
+// elsewhere, which splices where the platform allows) and falls back to
+// reading into one reused buffer.
 func discardTCP(conn net.Conn, onBytes func(int)) (int64, error) {
+	if n, ok, err := spliceDiscard(conn, onBytes); ok {
+		return n, err
+	}
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return discardCopy(conn, onBytes)

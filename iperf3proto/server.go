@@ -468,6 +468,14 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 	}
 	retrans := t.senderHasRetransmits() == 1
 	measureStart := start
+	// terminate ends a running test at the deadline, telling the client.
+	terminate := func(cause error) *TestResult {
+		t.endStreams(retrans)
+		t.fillResult(res, time.Since(measureStart))
+		_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = writeState(ctrl, ServerTerminate)
+		return fail(EndDeadline, fmt.Errorf("test running: %w", cause))
+	}
 running:
 	for {
 		select {
@@ -477,8 +485,12 @@ running:
 				st.markOmitEnd(now, retrans && st.sender)
 			}
 		case m := <-msgs:
+			if m.err != nil && classify(m.err) == EndDeadline {
+				return terminate(m.err)
+			}
 			if m.err != nil {
 				t.endStreams(retrans)
+				t.fillResult(res, time.Since(measureStart))
 				return fail(classify(m.err), fmt.Errorf("control connection while running: %w", m.err))
 			}
 			switch m.state {
@@ -494,11 +506,7 @@ running:
 				return fail(EndError, fmt.Errorf("state %v while running: %w", m.state, ErrBadState))
 			}
 		case <-hardCtx.Done():
-			t.endStreams(retrans)
-			t.fillResult(res, time.Since(measureStart))
-			_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = writeState(ctrl, ServerTerminate)
-			return fail(EndDeadline, fmt.Errorf("test running: %w", hardCtx.Err()))
+			return terminate(hardCtx.Err())
 		}
 	}
 
@@ -827,6 +835,12 @@ func (t *test) endStreams(retrans bool) {
 	for _, st := range t.streams {
 		if st.started && (st.sender || !st.udp) {
 			<-st.done
+		}
+		if st.started && !st.sender && !st.udp {
+			if n := drainQueued(st.conn); n > 0 {
+				st.bytes.Add(n)
+				t.srv.received.Add(n)
+			}
 		}
 	}
 	for _, st := range t.streams {

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package iperf3proto
+
+import "net"
+
+// spliceDiscard is not available on this system: ok is always false.
+func spliceDiscard(_ net.Conn, _ func(int)) (total int64, ok bool, err error) {
+	return 0, false, nil
+}
+
+// drainQueued has nothing to do where no receive low-watermark is set.
+func drainQueued(_ net.Conn) int64 { return 0 }
