@@ -53,3 +53,28 @@ bench-compare: build
 
 clean:
 	rm -rf bin
+
+## Packages and images (deploy/). PKG_VERSION must start with a digit (deb, rpm).
+NFPM        := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+PKG_VERSION ?= $(or $(shell echo '$(VERSION)' | sed -n 's/^v\{0,1\}\([0-9][0-9]*\.[0-9][0-9.]*\).*/\1/p'),0.0.0~git$(COMMIT))
+GOARCH      ?= $(shell $(GO) env GOARCH)
+IMAGE       ?= localhost/reflector
+BUILDAH     ?= buildah --storage-driver vfs
+
+.PHONY: deb rpm packages container container-local
+
+## deb, rpm: bin/reflector_<version>_<arch>.deb / .rpm from deploy/nfpm.yaml.
+deb rpm: build
+	PKG_VERSION='$(PKG_VERSION)' GOARCH='$(GOARCH)' $(GO) run $(NFPM) pkg --config deploy/nfpm.yaml --packager $@ --target bin/
+
+packages: deb rpm
+
+## container: the multi-stage Containerfile (needs the golang:1.26 image).
+container:
+	$(BUILDAH) bud --format docker --build-arg VERSION='$(VERSION)' --build-arg COMMIT='$(COMMIT)' \
+	  -f Containerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+
+## container-local: same final stage around a binary built here (no registry).
+container-local: build
+	mkdir -p -m 0700 bin/state
+	$(BUILDAH) bud --format docker -f deploy/container/Containerfile.local -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
