@@ -369,7 +369,7 @@ func TestHelpAndUsageErrors(t *testing.T) {
 	env := testEnv(t, t.TempDir())
 	for _, c := range commands {
 		r := runBin(t, env, c.name, "--help")
-		if r.code != 0 || !strings.HasPrefix(r.stdout, "Usage: reflector "+c.name) {
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "Usage:") || !strings.Contains(r.stdout, "reflector "+c.name) {
 			t.Errorf("%s --help: exit %d, stdout %q", c.name, r.code, r.stdout)
 		}
 	}
