@@ -65,6 +65,7 @@ func init() {
 		{"peers", "list|add ID|remove ID [-c FILE]", "manage the running server's allowlist", runPeers},
 		{"status", "[--json] [-c FILE]", "ask the running server for its status (exit 0 when serving)", runStatus},
 		{"pair-with", "--peer HOST:PORT --token T [--identity FILE] [--expect-id ID]", "pair this machine's client identity with a reflector", runPairWith},
+		{"test", "--peer HOST:PORT [--json] throughput|udp-echo [flags]", "run a throughput or UDP echo test against a reflector", runTest},
 		{"iperf3-server", "[--listen 127.0.0.1:5201] [--one-off] [--json]", "run the native iperf3 server alone, without the control plane", runIperf3Server},
 		{"version", "", "print the version", runVersion},
 	}

@@ -1,0 +1,187 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/dataplane/echo"
+	"github.com/packetparamedic/reflector/iperf3proto"
+)
+
+// ErrTunneledGrant is returned by RunThroughput and RunEcho when the
+// reflector grants a tunneled session, which they cannot run yet.
+var ErrTunneledGrant = errors.New("the reflector granted a tunneled session; only direct_ephemeral tests can be run by this client")
+
+// resultWait bounds how long the runners wait for the reflector to finish
+// its side of a test before asking for its result.
+const resultWait = 5 * time.Second
+
+// ThroughputOptions describe a throughput test (iperf3 flags in brackets).
+type ThroughputOptions struct {
+	Duration time.Duration // -t, whole seconds
+	Streams  int           // -P; 0 lets the reflector choose
+	Reverse  bool          // -R: the reflector sends
+	UDP      bool          // -u
+	// Bitrate is the target rate per stream in bits per second (-b); 0 is
+	// iperf3's default (unlimited for TCP, 1 Mbit/s for UDP).
+	Bitrate uint64
+}
+
+// ThroughputReport is the outcome of RunThroughput.
+type ThroughputReport struct {
+	Grant link.SessionGrant
+	// Client is what the native iperf3 client measured.
+	Client *iperf3proto.ClientResult
+	// Server is the reflector's own view (get_test_result); nil when the
+	// reflector did not answer it.
+	Server *link.TestResult
+}
+
+// EchoOptions describe a UDP echo test.
+type EchoOptions struct {
+	Duration    time.Duration
+	Rate        int // probes per second
+	Size        int // datagram bytes, at least echo.HeaderLen
+	Timestamped bool
+}
+
+// EchoReport is the outcome of RunEcho.
+type EchoReport struct {
+	Grant  link.SessionGrant
+	Client *echo.ProbeResult
+	Server *link.TestResult
+}
+
+// seconds rounds d up to whole seconds, at least one.
+func seconds(d time.Duration) int {
+	return max(int((d+time.Second-1)/time.Second), 1)
+}
+
+// grantAddr is where a direct_ephemeral grant's port is reached: the
+// control host at the granted port.
+func grantAddr(host string, g *link.SessionGrant) (string, error) {
+	if g.Mode != link.ModeDirectEphemeral {
+		return "", fmt.Errorf("%w (mode %q)", ErrTunneledGrant, g.Mode)
+	}
+	if g.Port <= 0 || g.Port > 65535 {
+		return "", fmt.Errorf("grant with invalid port %d", g.Port)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(g.Port)), nil
+}
+
+// RunThroughput asks the reflector for a throughput session and runs it
+// with the native iperf3 client against host (the reflector's address
+// without port), calling progress once a second. A refusal is a
+// *DeniedError. The client runs the granted duration and stream count.
+func (c *Client) RunThroughput(ctx context.Context, host string, o ThroughputOptions, progress func(iperf3proto.Interval)) (*ThroughputReport, error) {
+	proto := link.ProtocolTCP
+	if o.UDP {
+		proto = link.ProtocolUDP
+	}
+	p := link.TestParams{DurationSec: seconds(o.Duration), Protocol: &proto, Reverse: &o.Reverse}
+	if o.Streams > 0 {
+		p.Streams = &o.Streams
+	}
+	if o.Bitrate > 0 {
+		b := int64(o.Bitrate)
+		p.BitrateBps = &b
+	}
+	g, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: p})
+	if err != nil {
+		return nil, err
+	}
+	rep := &ThroughputReport{Grant: *g}
+	addr, err := grantAddr(host, g)
+	if err != nil {
+		_ = c.CloseSession(g.TestID)
+		return rep, err
+	}
+	cfg := iperf3proto.ClientConfig{
+		UDP: o.UDP, Duration: time.Duration(p.DurationSec) * time.Second,
+		Parallel: max(o.Streams, 1), Reverse: o.Reverse, Bandwidth: o.Bitrate,
+	}
+	if g.DurationSec > 0 {
+		cfg.Duration = time.Duration(g.DurationSec) * time.Second
+	}
+	if g.Streams > 0 {
+		cfg.Parallel = g.Streams
+	}
+	rep.Client, err = iperf3proto.RunClient(ctx, &iperf3proto.NetDialer{Address: addr}, cfg, progress)
+	if err != nil {
+		_ = c.CloseSession(g.TestID)
+		return rep, fmt.Errorf("iperf3 test on %s: %w", addr, err)
+	}
+	rep.Server = c.finalResult(ctx, g.TestID)
+	return rep, nil
+}
+
+// RunEcho asks the reflector for a udp_echo session, probes it, closes
+// the session and fetches the reflector's counters.
+func (c *Client) RunEcho(ctx context.Context, host string, o EchoOptions, progress func(echo.ProbeInterval)) (*EchoReport, error) {
+	p := link.TestParams{DurationSec: seconds(o.Duration)}
+	if o.Timestamped {
+		p.Timestamped = &o.Timestamped
+	}
+	g, err := c.RequestSession(link.SessionRequest{TestType: link.TestUDPEcho, Params: p})
+	if err != nil {
+		return nil, err
+	}
+	rep := &EchoReport{Grant: *g}
+	addr, err := grantAddr(host, g)
+	if err != nil {
+		_ = c.CloseSession(g.TestID)
+		return rep, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "udp", addr)
+	if err != nil {
+		_ = c.CloseSession(g.TestID)
+		return rep, fmt.Errorf("echo dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	dur := time.Duration(p.DurationSec) * time.Second
+	if g.DurationSec > 0 {
+		dur = time.Duration(g.DurationSec) * time.Second
+	}
+	rep.Client, err = echo.Probe(ctx, conn, echo.ProbeConfig{
+		Rate: o.Rate, Size: o.Size, Duration: dur, Timestamped: o.Timestamped,
+	}, progress)
+	// The probe has run its duration: end the session now rather than at
+	// its deadline.
+	closeErr := c.CloseSession(g.TestID)
+	if err != nil {
+		return rep, fmt.Errorf("echo probe %s: %w", addr, err)
+	}
+	if closeErr != nil {
+		return rep, fmt.Errorf("close echo session: %w", closeErr)
+	}
+	rep.Server = c.finalResult(ctx, g.TestID)
+	return rep, nil
+}
+
+// finalResult asks for the reflector's result until the test is no longer
+// running there (bounded by resultWait); nil when it does not answer.
+func (c *Client) finalResult(ctx context.Context, testID string) *link.TestResult {
+	deadline := time.Now().Add(resultWait)
+	wait := 20 * time.Millisecond
+	for {
+		r, err := c.TestResult(testID)
+		if err != nil {
+			return nil
+		}
+		if r.State != link.StateRunning || time.Now().After(deadline) {
+			return r
+		}
+		select {
+		case <-ctx.Done():
+			return r
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 250*time.Millisecond)
+	}
+}
