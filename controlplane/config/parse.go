@@ -121,7 +121,6 @@ func Parse(data []byte, name string) (*Config, error) {
 			continue
 		}
 		// The decoder quietly turns a non-table into an empty map: ask first.
-		var keys map[string]toml.Primitive
 		var raw any
 		if err := md.PrimitiveDecode(top[sec], &raw); err != nil {
 			errs = append(errs, &FieldError{Key: sec, Problem: "must be a table [" + sec + "]", Err: err})
@@ -131,6 +130,7 @@ func Parse(data []byte, name string) (*Config, error) {
 			errs = append(errs, &FieldError{Key: sec, Value: render(raw), Problem: "must be a table [" + sec + "]"})
 			continue
 		}
+		var keys map[string]toml.Primitive
 		if err := md.PrimitiveDecode(top[sec], &keys); err != nil {
 			errs = append(errs, &FieldError{Key: sec, Problem: "must be a table [" + sec + "]", Err: err})
 			continue
