@@ -31,21 +31,25 @@ const (
 // serverConn is one control connection after its handshake.
 type serverConn struct {
 	peer     PeerInfo
-	nc       net.Conn
+	raw      net.Conn // the TCP connection under TLS
 	lc       *link.Conn
 	log      zerolog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
 	pairing  bool // allowed only to pair (not yet authorized)
+	attached bool // handed to Sessions.Attach: a tunnel, not a control connection
 	frames   int
 	bucket   tokenBucket
 	closeOne sync.Once
 }
 
+// close ends the connection at once. It closes the TCP connection, not the
+// TLS one, so it never blocks on sending a close_notify to a peer that does
+// not read.
 func (c *serverConn) close() {
 	c.closeOne.Do(func() {
 		c.cancel()
-		_ = c.nc.Close()
+		_ = c.raw.Close()
 	})
 }
 
@@ -179,7 +183,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	c := &serverConn{
 		peer:    PeerInfo{ID: id, Addr: addr, ConnID: connID},
-		nc:      tc,
+		raw:     nc,
 		lc:      link.NewConn(tc),
 		log:     log,
 		ctx:     ctx,
@@ -201,7 +205,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	}
 	log.Debug().Bool("pairing_only", pairingOnly).Msg("connection accepted")
 	s.loop(c)
-	if !c.pairing {
+	if !c.pairing && !c.attached {
 		s.sessions.PeerGone(c.peer)
 	}
 }
@@ -284,6 +288,7 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 		if c.frames != 1 {
 			return s.reply(c, reqID, &link.Error{Code: link.CodeUnexpected, Message: "tunnel_attach must be the first message of a connection"})
 		}
+		c.attached = true
 		s.sessions.Attach(c.ctx, c.peer, reqID, *m, c.lc)
 		return false
 	}

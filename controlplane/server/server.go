@@ -351,11 +351,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if cancel != nil {
 		cancel()
 	}
-	s.mu.Lock()
-	for _, c := range s.conns {
+	for _, c := range s.connsOf(func(*serverConn) bool { return true }) {
 		c.close()
 	}
-	s.mu.Unlock()
 
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -373,18 +371,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // dropPeer closes every open connection of a peer that lost access.
 func (s *Server) dropPeer(id identity.EndpointID) {
+	conns := s.connsOf(func(c *serverConn) bool { return c.peer.ID == id })
+	for _, c := range conns {
+		c.close()
+	}
+	if len(conns) > 0 {
+		s.log.Info().Str("peer_id", id.String()).Int("connections", len(conns)).Msg("peer lost access: closed its connections")
+	}
+}
+
+// connsOf returns the registered connections that match.
+func (s *Server) connsOf(match func(*serverConn) bool) []*serverConn {
 	s.mu.Lock()
-	var n int
+	defer s.mu.Unlock()
+	var out []*serverConn
 	for _, c := range s.conns {
-		if c.peer.ID == id {
-			c.close()
-			n++
+		if match(c) {
+			out = append(out, c)
 		}
 	}
-	s.mu.Unlock()
-	if n > 0 {
-		s.log.Info().Str("peer_id", id.String()).Int("connections", n).Msg("peer removed: closed its connections")
-	}
+	return out
 }
 
 // openPairing opens a pairing window and audits it.
