@@ -32,11 +32,17 @@ const clockSkew = 5 * time.Minute
 
 // ServerTLSConfig returns the server side of mutual TLS for protocol alpn:
 // TLS 1.3 only, a client certificate required, and the handshake refused
-// when the client does not offer alpn or presents anything but exactly one
+// when the client offers ALPN protocols that do not include alpn, or presents
+// anything but exactly one
 // parseable, currently valid certificate with an Ed25519 key. Which peer it
 // is, and whether it is allowed, is decided after the handshake (PeerID on
 // ConnectionState().PeerCertificates[0]) so the decision can be audited.
 // Session tickets are off so every connection presents its certificate.
+//
+// A client that offers no ALPN at all is accepted: the deployed
+// PacketParamedic appliance (Rust, rustls) sends no ALPN extension, and
+// refusing it would lock every existing appliance out. Such a connection has
+// an empty NegotiatedProtocol and is treated as pp-link/1.
 func ServerTLSConfig(cert tls.Certificate, alpn string) *tls.Config {
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
@@ -45,7 +51,7 @@ func ServerTLSConfig(cert tls.Certificate, alpn string) *tls.Config {
 		NextProtos:             []string{alpn},
 		SessionTicketsDisabled: true,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if !slices.Contains(hello.SupportedProtos, alpn) {
+			if len(hello.SupportedProtos) > 0 && !slices.Contains(hello.SupportedProtos, alpn) {
 				return nil, fmt.Errorf("client from %v did not offer ALPN %q (offered %q)", hello.Conn.RemoteAddr(), alpn, hello.SupportedProtos)
 			}
 			return nil, nil

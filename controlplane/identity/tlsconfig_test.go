@@ -150,7 +150,7 @@ func TestTLSLoopback(t *testing.T) {
 		{name: "pinned wrong ID", server: serverCfg, client: ClientTLSConfig(clientCert, testALPN, clientID), clientErr: ErrIDMismatch},
 		{name: "TLS 1.2 only client", server: serverCfg, client: tls12, serverMsg: "unsupported versions"},
 		{name: "client without certificate", server: serverCfg, client: noCert, serverMsg: "didn't provide a certificate"},
-		{name: "client without ALPN", server: serverCfg, client: noALPN, serverMsg: `did not offer ALPN "pp-link/1"`},
+		{name: "client without ALPN (deployed appliance)", server: serverCfg, client: noALPN, serverOK: true, clientOK: true, wantPeerID: clientID},
 		{name: "client with other ALPN", server: serverCfg, client: otherALPN, serverMsg: `did not offer ALPN "pp-link/1"`},
 		{name: "ECDSA client certificate", server: serverCfg, client: ClientTLSConfig(ecCert, testALPN, serverID), serverErr: ErrNotEd25519},
 		{name: "expired client certificate", server: serverCfg, client: ClientTLSConfig(expired, testALPN, serverID), serverMsg: "expired at"},
@@ -192,7 +192,11 @@ func TestTLSLoopback(t *testing.T) {
 			if !tc.serverOK || !tc.clientOK {
 				return
 			}
-			if cs.Version != tls.VersionTLS13 || cs.NegotiatedProtocol != testALPN || sr.state.NegotiatedProtocol != testALPN {
+			wantALPN := testALPN
+			if tc.client == noALPN {
+				wantALPN = ""
+			}
+			if cs.Version != tls.VersionTLS13 || cs.NegotiatedProtocol != wantALPN || sr.state.NegotiatedProtocol != wantALPN {
 				t.Errorf("version %x, ALPN client %q server %q", cs.Version, cs.NegotiatedProtocol, sr.state.NegotiatedProtocol)
 			}
 			if len(sr.state.PeerCertificates) != 1 {
