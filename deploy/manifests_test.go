@@ -195,9 +195,9 @@ type k8sContainer struct {
 		Protocol      string `yaml:"protocol"`
 	} `yaml:"ports"`
 	SecurityContext struct {
-		RunAsNonRoot             bool `yaml:"runAsNonRoot"`
-		RunAsUser                int  `yaml:"runAsUser"`
-		ReadOnlyRootFilesystem   bool `yaml:"readOnlyRootFilesystem"`
+		RunAsNonRoot             bool  `yaml:"runAsNonRoot"`
+		RunAsUser                int   `yaml:"runAsUser"`
+		ReadOnlyRootFilesystem   bool  `yaml:"readOnlyRootFilesystem"`
 		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
 		Capabilities             struct {
 			Drop []string `yaml:"drop"`
