@@ -217,8 +217,8 @@ func TestPairingAcrossProcesses(t *testing.T) {
 		t.Fatalf("pair-with: %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	// The token is spent: another appliance cannot use it.
-	if r = runBin(t, env, "pair-with", "--peer", addr, "--token", token, "--identity", keyB); r.code == 0 {
-		t.Fatalf("reused token paired a second peer:\n%s", r.stdout)
+	if r = runBin(t, env, "pair-with", "--peer", addr, "--token", token, "--identity", keyB); r.code == 0 || !strings.Contains(r.stderr, "no pairing window is open") {
+		t.Fatalf("reused token: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	// A wrong token fails while a window is open.
 	if r = runBin(t, env, "pair", "-c", cfg); r.code != 0 {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/packetparamedic/reflector/client"
@@ -63,6 +66,9 @@ func runPairWith(e *env, args []string) error {
 		c.Timeout = time.Until(dl)
 	}
 	if _, err := c.Hello(); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("%s closed the connection: this client (%s) is not authorized there and no pairing window is open (run 'reflector pair' on the server first)", *peer, idOf(key))
+		}
 		return fmt.Errorf("hello: %w", err)
 	}
 	res, err := c.Pair(*token)
