@@ -113,7 +113,14 @@ func (c *Client) RunThroughput(ctx context.Context, host string, o ThroughputOpt
 	}
 	rep.Client, err = iperf3proto.RunClient(ctx, &iperf3proto.NetDialer{Address: addr}, cfg, progress)
 	if err != nil {
-		_ = c.CloseSession(g.TestID)
+		// Say why when the reflector ended the test (quota, deadline).
+		rep.Server = c.finalResult(ctx, g.TestID)
+		if rep.Server == nil || rep.Server.State == link.StateRunning {
+			_ = c.CloseSession(g.TestID)
+		}
+		if rep.Server != nil && rep.Server.EndReason != "" {
+			return rep, fmt.Errorf("iperf3 test on %s: %w (the reflector's end reason: %s)", addr, err, rep.Server.EndReason)
+		}
 		return rep, fmt.Errorf("iperf3 test on %s: %w", addr, err)
 	}
 	rep.Server = c.finalResult(ctx, g.TestID)

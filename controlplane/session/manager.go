@@ -419,8 +419,10 @@ func (m *Manager) finish(s *session, o outcome) {
 	now := m.now()
 	elapsed := now.Sub(s.granted)
 	completed := o.completed
-	if s.sp.TestType == link.TestUDPEcho && o.reason == EndClosed && elapsed >= s.sp.duration() {
-		// The echo client closed after its whole duration: a normal end.
+	if es, ok := o.summary.(*echoSummary); ok && o.reason == EndClosed && es.Echoed > 0 {
+		// An echo client that probed and then closed its session ended it
+		// normally (its prober stops after its last probe's reply, a
+		// little before the granted duration has passed since the grant).
 		completed = true
 	}
 	if err := m.quota.End(s.peer.ID.String(), completed, now); err != nil {
