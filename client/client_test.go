@@ -1,0 +1,174 @@
+package client_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/packetparamedic/reflector/client"
+	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
+)
+
+func newKey(t *testing.T) ed25519.PrivateKey {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// fakeServer answers each message with answer(type) and records the
+// request IDs it saw.
+type fakeServer struct {
+	addr string
+	id   identity.EndpointID
+	mu   sync.Mutex
+	ids  []string
+	wg   sync.WaitGroup
+}
+
+func startFake(t *testing.T, answer func(link.Message) link.Message) *fakeServer {
+	t.Helper()
+	key := newKey(t)
+	cert, err := identity.NewCertificate(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerTLSConfig(cert, link.ALPN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeServer{addr: ln.Addr().String(), id: identity.IDFromPublicKey(key.Public().(ed25519.PublicKey))}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				lc := link.NewConn(nc)
+				defer lc.Close()
+				for {
+					id, m, err := lc.ReadMessage(10 * time.Second)
+					if err != nil {
+						return
+					}
+					f.mu.Lock()
+					f.ids = append(f.ids, id)
+					f.mu.Unlock()
+					if err := lc.WriteMessage(id, answer(m), 10*time.Second); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); f.wg.Wait() })
+	return f
+}
+
+func TestClientCallsAndRequestIDs(t *testing.T) {
+	retry := 30
+	f := startFake(t, func(m link.Message) link.Message {
+		switch r := m.(type) {
+		case *link.Hello:
+			return &link.ServerHello{Version: "1.0", PolicySummary: link.PolicySummary{MaxTestDurationSec: 60}}
+		case *link.GetStatus:
+			return &link.StatusSnapshot{EndpointID: "x"}
+		case *link.GetPathMeta:
+			return &link.Error{Code: 400, Message: "nope"}
+		case *link.SessionRequest:
+			if r.TestType == link.TestUDPEcho {
+				return &link.SessionDeny{Reason: link.DenyBusy, Message: "busy", RetryAfterSec: &retry}
+			}
+			return &link.SessionGrant{TestID: "t", Mode: link.ModeTunneled}
+		case *link.PairRequest:
+			return &link.OK{}
+		}
+		return &link.Error{Code: 400, Message: "unexpected"}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, f.addr, newKey(t), f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.ServerID() != f.id {
+		t.Fatalf("ServerID %s, want %s", c.ServerID(), f.id)
+	}
+	if sh, err := c.Hello(); err != nil || sh.PolicySummary.MaxTestDurationSec != 60 {
+		t.Fatalf("hello %+v %v", sh, err)
+	}
+	if st, err := c.Status(); err != nil || st.EndpointID != "x" {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	var le *link.Error
+	if _, err := c.PathMeta(); !errors.As(err, &le) || le.Code != 400 {
+		t.Fatalf("error reply: %v", err)
+	}
+	if g, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput}); err != nil || g.TestID != "t" {
+		t.Fatalf("grant %+v %v", g, err)
+	}
+	var de *client.DeniedError
+	if _, err := c.RequestSession(link.SessionRequest{TestType: link.TestUDPEcho}); !errors.As(err, &de) || de.Deny.Reason != link.DenyBusy || *de.Deny.RetryAfterSec != 30 {
+		t.Fatalf("deny: %v", err)
+	}
+	if _, err := c.Pair("x"); !errors.Is(err, client.ErrUnexpectedReply) {
+		t.Fatalf("wrong reply type: %v", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	want := []string{"init-0", "req-1", "req-2", "req-3", "req-4", "req-5"}
+	if len(f.ids) != len(want) {
+		t.Fatalf("request IDs %v, want %v", f.ids, want)
+	}
+	for i := range want {
+		if f.ids[i] != want[i] {
+			t.Fatalf("request IDs %v, want %v", f.ids, want)
+		}
+	}
+}
+
+func TestDialPinsServerID(t *testing.T) {
+	f := startFake(t, func(link.Message) link.Message { return &link.OK{} })
+	other := identity.IDFromPublicKey(newKey(t).Public().(ed25519.PublicKey))
+	_, err := client.Dial(context.Background(), f.addr, newKey(t), other)
+	if !errors.Is(err, identity.ErrIDMismatch) {
+		t.Fatalf("dial with a wrong pinned ID: %v, want ErrIDMismatch", err)
+	}
+}
+
+func TestDialHandshakeTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			<-done
+			_ = c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := client.Dial(ctx, ln.Addr().String(), newKey(t), ""); err == nil {
+		t.Fatal("dial to a silent server succeeded")
+	}
+}
