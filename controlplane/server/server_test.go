@@ -423,3 +423,41 @@ func TestAuditFailureReported(t *testing.T) {
 		t.Fatalf("status %+v %v: want the audit failure", st, err)
 	}
 }
+
+func TestHandshakeAndAddressLimits(t *testing.T) {
+	h := servertest.Start(t, func(c *config.Config) {
+		c.Limits.MaxHandshakes = 1
+		c.Limits.HandshakeTimeoutSec = 30
+	}, server.Options{})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	testutil.Eventually(t, 5*time.Second, "second silent handshake rejected", func() bool {
+		return h.Server.Stats().HandshakeLimited == 1
+	})
+
+	h2 := servertest.Start(t, func(c *config.Config) {
+		c.Limits.NewConnsPerSecPerAddr = 1
+		c.Limits.NewConnsBurstPerAddr = 1
+	}, server.Options{})
+	for i := 0; i < 5; i++ {
+		c, err := net.Dial("tcp", h2.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	testutil.Eventually(t, 5*time.Second, "connections beyond the per-address rate rejected", func() bool {
+		return h2.Server.Stats().AddrRateLimited >= 1
+	})
+}
