@@ -1,0 +1,242 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// QUIC transport parameters.
+const (
+	// QUICHandshakeTimeout is how long DialQUIC waits for any answer from
+	// the server before giving up with a *UDPUnreachableError.
+	QUICHandshakeTimeout = 3 * time.Second
+	// QUICMaxIdleTimeout closes a session that has heard nothing from its
+	// peer for this long.
+	QUICMaxIdleTimeout = 30 * time.Second
+	// QUICKeepAlive is the keep-alive period, well inside the idle timeout
+	// and short enough to hold a NAT mapping open.
+	QUICKeepAlive = 10 * time.Second
+	// AttachTimeout bounds the attach exchange on both sides.
+	AttachTimeout = 10 * time.Second
+	// refuseLinger is how long a server keeps a refused session open so
+	// the client reads the reply before the connection closes.
+	refuseLinger = 2 * time.Second
+)
+
+// Application error codes sent in QUIC CONNECTION_CLOSE frames.
+const (
+	// CodeDone closes a session normally.
+	CodeDone quic.ApplicationErrorCode = 0
+	// CodeAttachRefused closes a session whose attach was refused.
+	CodeAttachRefused quic.ApplicationErrorCode = 0x100
+	// CodeAttachFailed closes a session whose attach exchange failed
+	// (timeout, malformed frame).
+	CodeAttachFailed quic.ApplicationErrorCode = 0x101
+)
+
+// AttachFunc decides on a session's attach request (the payload of the
+// first frame on its first stream; a pp-link tunnel_attach envelope in
+// practice). peer is the client's certificate, already checked by the TLS
+// configuration. reply, when not nil, is sent back as one frame whatever
+// the decision. A non-nil error refuses the session: it is closed with
+// CodeAttachRefused after the reply. ctx ends after AttachTimeout.
+type AttachFunc func(ctx context.Context, peer *x509.Certificate, remote net.Addr, request []byte) (reply []byte, err error)
+
+// UDPUnreachableError reports that a QUIC handshake got no answer at all:
+// nothing listens on the UDP port, or a firewall drops the packets.
+type UDPUnreachableError struct {
+	// Addr is the address dialed ("host:port").
+	Addr string
+	// Err is quic-go's timeout error.
+	Err error
+}
+
+func (e *UDPUnreachableError) Error() string {
+	_, port, err := net.SplitHostPort(e.Addr)
+	if err != nil {
+		port = e.Addr
+	}
+	return fmt.Sprintf("quic dial %s: no answer on %s/udp within %v: open UDP port %s on the reflector's firewall (tunneled UDP tests ride QUIC datagrams on it)",
+		e.Addr, port, QUICHandshakeTimeout, port)
+}
+
+func (e *UDPUnreachableError) Unwrap() error { return e.Err }
+
+func serverQUICConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:  AttachTimeout / 2,
+		MaxIdleTimeout:        QUICMaxIdleTimeout,
+		KeepAlivePeriod:       QUICKeepAlive,
+		MaxIncomingStreams:    1,
+		MaxIncomingUniStreams: -1,
+		EnableDatagrams:       true,
+	}
+}
+
+func clientQUICConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:  QUICHandshakeTimeout,
+		MaxIdleTimeout:        QUICMaxIdleTimeout,
+		KeepAlivePeriod:       QUICKeepAlive,
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+		EnableDatagrams:       true,
+	}
+}
+
+// QUICListener accepts tunnel sessions on a UDP port.
+type QUICListener struct {
+	ln        *quic.Listener
+	authorize AttachFunc
+	handler   func(*QUICSession)
+
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	sessions map[*quic.Conn]struct{}
+	closed   bool
+}
+
+// ListenQUIC listens on addr (UDP, "host:port") with tlsConf (the same
+// configuration as the pp-link TCP listener: TLS 1.3, client certificate
+// required, ALPN pp-link/1). For every connection it reads the attach
+// request from the first bidirectional stream within AttachTimeout and
+// asks authorize; on success it calls handler with the session in a
+// goroutine of its own and closes the session when handler returns. The
+// listener stops when ctx ends or Close is called.
+func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, authorize AttachFunc, handler func(*QUICSession)) (*QUICListener, error) {
+	if authorize == nil || handler == nil {
+		return nil, errors.New("listen quic: authorize and handler are required")
+	}
+	ln, err := quic.ListenAddr(addr, tlsConf, serverQUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("listen quic %s/udp: %w", addr, err)
+	}
+	l := &QUICListener{ln: ln, authorize: authorize, handler: handler, sessions: make(map[*quic.Conn]struct{})}
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer stop()
+		l.acceptLoop()
+	}()
+	return l, nil
+}
+
+// Addr returns the UDP address the listener is bound to.
+func (l *QUICListener) Addr() net.Addr { return l.ln.Addr() }
+
+// Close stops accepting, closes every session and waits for the handlers
+// to return. It is idempotent.
+func (l *QUICListener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	for c := range l.sessions {
+		_ = c.CloseWithError(CodeDone, "listener closed")
+	}
+	l.mu.Unlock()
+	err := l.ln.Close()
+	l.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("close quic listener: %w", err)
+	}
+	return nil
+}
+
+func (l *QUICListener) acceptLoop() {
+	for {
+		c, err := l.ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			_ = c.CloseWithError(CodeDone, "listener closed")
+			return
+		}
+		l.sessions[c] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go func() {
+			defer l.wg.Done()
+			l.serve(c)
+			l.mu.Lock()
+			delete(l.sessions, c)
+			l.mu.Unlock()
+		}()
+	}
+}
+
+// serve runs the attach exchange and then the handler.
+func (l *QUICListener) serve(c *quic.Conn) {
+	ctx, cancel := context.WithTimeout(c.Context(), AttachTimeout)
+	defer cancel()
+	str, err := c.AcceptStream(ctx)
+	if err != nil {
+		_ = c.CloseWithError(CodeAttachFailed, "no attach stream")
+		return
+	}
+	_ = str.SetDeadline(time.Now().Add(AttachTimeout))
+	req, err := readAttachFrame(str)
+	if err != nil {
+		_ = c.CloseWithError(CodeAttachFailed, "bad attach frame")
+		return
+	}
+	certs := c.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		_ = c.CloseWithError(CodeAttachFailed, "no client certificate")
+		return
+	}
+	reply, aerr := l.authorize(ctx, certs[0], c.RemoteAddr(), req)
+	if reply != nil {
+		if err := writeAttachFrame(str, reply); err != nil {
+			_ = c.CloseWithError(CodeAttachFailed, "attach reply")
+			return
+		}
+	}
+	if aerr != nil {
+		_ = str.Close()
+		linger := time.NewTimer(refuseLinger)
+		select {
+		case <-c.Context().Done():
+		case <-linger.C:
+		}
+		linger.Stop()
+		_ = c.CloseWithError(CodeAttachRefused, "attach refused")
+		return
+	}
+	_ = str.SetDeadline(time.Time{})
+	s := newSession(c, str, true, req)
+	defer func() { _ = s.Close() }()
+	l.handler(s)
+}
+
+// DialQUIC opens a tunnel session to addr ("host:port", UDP) with tlsConf
+// (the pp-link client configuration: TLS 1.3, client certificate, ALPN
+// pp-link/1, the server's ID checked). When the server does not answer
+// within QUICHandshakeTimeout it returns a *UDPUnreachableError naming the
+// port. The session carries no flows until Attach succeeds.
+func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config) (*QUICSession, error) {
+	c, err := quic.DialAddr(ctx, addr, tlsConf, clientQUICConfig())
+	if err != nil {
+		var hto *quic.HandshakeTimeoutError
+		var ito *quic.IdleTimeoutError
+		if errors.As(err, &hto) || errors.As(err, &ito) {
+			return nil, &UDPUnreachableError{Addr: addr, Err: err}
+		}
+		return nil, fmt.Errorf("quic dial %s/udp: %w", addr, err)
+	}
+	return newSession(c, nil, false, nil), nil
+}

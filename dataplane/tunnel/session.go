@@ -1,0 +1,387 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Flow limits.
+const (
+	// FlowQueueLen bounds each flow's receive queue, in datagrams. A
+	// datagram arriving at a full queue is dropped and counted, as a full
+	// socket buffer would drop it: loss stays visible and one slow flow
+	// never holds up another.
+	FlowQueueLen = 512
+	// MaxFlows bounds the flows of one session (iperf3's 128 streams and
+	// one spare).
+	MaxFlows = 129
+	// acceptQueueLen bounds the new flows waiting for AcceptUDP.
+	acceptQueueLen = 32
+	// flowHeaderLen is the flow id byte in front of every datagram.
+	flowHeaderLen = 1
+	// probeSize is larger than any QUIC datagram can be, so SendDatagram
+	// refuses it and reports the current maximum without sending.
+	probeSize = 1 << 16
+)
+
+// ErrSessionClosed is wrapped by flow operations after their session
+// closed; it wraps net.ErrClosed.
+var ErrSessionClosed = fmt.Errorf("tunnel quic session closed: %w", net.ErrClosed)
+
+// DatagramTooLargeError is returned by FlowConn.Write for a payload that
+// does not fit one QUIC datagram on the current path.
+type DatagramTooLargeError struct {
+	// Size is the payload length written; Max the largest that fits now.
+	Size, Max int
+}
+
+func (e *DatagramTooLargeError) Error() string {
+	return fmt.Sprintf("tunnel flow: datagram payload of %d bytes does not fit a QUIC datagram (max %d now): use a smaller UDP length (iperf3 -l %d)", e.Size, e.Max, e.Max)
+}
+
+// SessionStats are a session's datagram counters.
+type SessionStats struct {
+	// Dropped counts datagrams dropped on full flow or accept queues.
+	Dropped uint64
+	// Unknown counts datagrams for flows that are closed or not open (on
+	// the client side, where flows are only opened by Flow).
+	Unknown uint64
+	// Malformed counts empty datagrams (no flow id).
+	Malformed uint64
+}
+
+type acceptItem struct {
+	f     *FlowConn
+	first []byte
+}
+
+// QUICSession is one attached QUIC connection carrying datagram flows. Its
+// methods are safe for concurrent use.
+type QUICSession struct {
+	conn    *quic.Conn
+	server  bool
+	request []byte
+
+	mu       sync.Mutex
+	str      *quic.Stream
+	flows    map[uint8]*FlowConn
+	accepts  chan acceptItem
+	started  bool
+	demuxEnd chan struct{}
+
+	dropped, unknown, malformed atomic.Uint64
+}
+
+func newSession(c *quic.Conn, str *quic.Stream, server bool, request []byte) *QUICSession {
+	s := &QUICSession{
+		conn:     c,
+		server:   server,
+		request:  request,
+		str:      str,
+		flows:    make(map[uint8]*FlowConn),
+		accepts:  make(chan acceptItem, acceptQueueLen),
+		demuxEnd: make(chan struct{}),
+	}
+	if server {
+		s.start()
+	}
+	return s
+}
+
+// start runs the datagram demultiplexer once.
+func (s *QUICSession) start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return
+	}
+	s.started = true
+	go s.demux()
+}
+
+// Attach sends request (a pp-link tunnel_attach envelope) as the first
+// frame of the session's first stream and returns the server's reply
+// frame; the caller decodes it. Datagram flows work from then on. On a
+// refusal the server closes the session soon after its reply.
+func (s *QUICSession) Attach(ctx context.Context, request []byte) ([]byte, error) {
+	if s.server {
+		return nil, errors.New("tunnel attach: called on a server session")
+	}
+	ctx, cancel := context.WithTimeout(ctx, AttachTimeout)
+	defer cancel()
+	str, err := s.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel attach: open stream: %w", err)
+	}
+	dl, _ := ctx.Deadline()
+	_ = str.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = str.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := writeAttachFrame(str, request); err != nil {
+		return nil, fmt.Errorf("tunnel attach: %w", err)
+	}
+	reply, err := readAttachFrame(str)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel attach: %w", err)
+	}
+	_ = str.SetDeadline(time.Time{})
+	s.mu.Lock()
+	s.str = str
+	s.mu.Unlock()
+	s.start()
+	return reply, nil
+}
+
+// AttachRequest returns the attach request the session was accepted with
+// (server side; nil on the client).
+func (s *QUICSession) AttachRequest() []byte { return s.request }
+
+// PeerCertificate returns the peer's certificate.
+func (s *QUICSession) PeerCertificate() *x509.Certificate {
+	certs := s.conn.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		return nil
+	}
+	return certs[0]
+}
+
+// Context ends when the session closes.
+func (s *QUICSession) Context() context.Context { return s.conn.Context() }
+
+// LocalAddr returns the local UDP address.
+func (s *QUICSession) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr returns the peer's UDP address.
+func (s *QUICSession) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Stats returns the session's datagram counters.
+func (s *QUICSession) Stats() SessionStats {
+	return SessionStats{Dropped: s.dropped.Load(), Unknown: s.unknown.Load(), Malformed: s.malformed.Load()}
+}
+
+// MaxFlowPayload returns the largest payload a FlowConn.Write can send
+// now. It starts near 1,150 bytes (a 1,200-byte QUIC packet) and grows as
+// path MTU discovery finds a larger path MTU, to at most about 1,410
+// bytes (quic-go's 1,452-byte packets). It returns 0 when the session
+// cannot carry datagrams.
+func (s *QUICSession) MaxFlowPayload() int {
+	var tl *quic.DatagramTooLargeError
+	if err := s.conn.SendDatagram(make([]byte, probeSize)); errors.As(err, &tl) {
+		return max(int(tl.MaxDatagramPayloadSize)-flowHeaderLen, 0)
+	}
+	return 0
+}
+
+// Close closes the session and all its flows. It is idempotent.
+func (s *QUICSession) Close() error {
+	_ = s.conn.CloseWithError(CodeDone, "")
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if started {
+		<-s.demuxEnd
+	}
+	return nil
+}
+
+// Flow returns the datagram connection for flow id, opening it when it is
+// not open (or was closed). Both ends of a flow use the same id.
+func (s *QUICSession) Flow(id uint8) *FlowConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.flows[id]; f != nil && !f.isClosed() {
+		return f
+	}
+	f := newFlow(s, id)
+	s.flows[id] = f
+	return f
+}
+
+// AcceptUDP implements iperf3proto.UDPAcceptor on the server side: it
+// returns the next flow whose id had not been seen, with its first
+// datagram. It returns an error wrapping net.ErrClosed once the session
+// has closed, and ctx's error when ctx ends.
+func (s *QUICSession) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
+	select {
+	case it := <-s.accepts:
+		return it.f, it.first, nil
+	case <-s.demuxEnd:
+		return nil, nil, ErrSessionClosed
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+}
+
+// demux routes received datagrams to their flows until the session ends.
+func (s *QUICSession) demux() {
+	defer close(s.demuxEnd)
+	ctx := s.conn.Context()
+	for {
+		b, err := s.conn.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		if len(b) < flowHeaderLen {
+			s.malformed.Add(1)
+			continue
+		}
+		s.route(b[0], b[flowHeaderLen:])
+	}
+}
+
+func (s *QUICSession) route(id uint8, p []byte) {
+	s.mu.Lock()
+	f := s.flows[id]
+	if f == nil && s.server && len(s.flows) < MaxFlows {
+		f = newFlow(s, id)
+		select {
+		case s.accepts <- acceptItem{f: f, first: p}:
+			s.flows[id] = f
+		default:
+			s.dropped.Add(1)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	if f == nil || f.isClosed() {
+		s.unknown.Add(1)
+		return
+	}
+	f.deliver(p)
+}
+
+// FlowConn is one datagram flow of a QUICSession as a net.Conn: each Read
+// returns one datagram (truncated to the buffer, as on a UDP socket), each
+// Write sends one. Deadlines work as on a socket, except that a Write
+// blocked by a full QUIC send queue waits for the queue to drain.
+type FlowConn struct {
+	s  *QUICSession
+	id uint8
+	q  chan []byte
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	rd, wd    *deadline
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	dropped atomic.Uint64
+}
+
+var _ net.Conn = (*FlowConn)(nil)
+
+func newFlow(s *QUICSession, id uint8) *FlowConn {
+	return &FlowConn{s: s, id: id, q: make(chan []byte, FlowQueueLen), closed: make(chan struct{}), rd: newDeadline(), wd: newDeadline()}
+}
+
+// ID returns the flow id.
+func (f *FlowConn) ID() uint8 { return f.id }
+
+// Dropped returns the datagrams of this flow dropped on a full queue.
+func (f *FlowConn) Dropped() uint64 { return f.dropped.Load() }
+
+func (f *FlowConn) isClosed() bool { return isClosed(f.closed) }
+
+func (f *FlowConn) deliver(p []byte) {
+	select {
+	case f.q <- p:
+	default:
+		f.dropped.Add(1)
+		f.s.dropped.Add(1)
+	}
+}
+
+// Read implements net.Conn.
+func (f *FlowConn) Read(b []byte) (int, error) {
+	select {
+	case p := <-f.q:
+		return copy(b, p), nil
+	default:
+	}
+	select {
+	case p := <-f.q:
+		return copy(b, p), nil
+	case <-f.closed:
+		return 0, f.opErr("read", net.ErrClosed)
+	case <-f.s.demuxEnd:
+		return 0, f.opErr("read", ErrSessionClosed)
+	case <-f.rd.wait():
+		return 0, f.opErr("read", os.ErrDeadlineExceeded)
+	}
+}
+
+// Write implements net.Conn.
+func (f *FlowConn) Write(b []byte) (int, error) {
+	if f.isClosed() {
+		return 0, f.opErr("write", net.ErrClosed)
+	}
+	if isClosed(f.wd.wait()) {
+		return 0, f.opErr("write", os.ErrDeadlineExceeded)
+	}
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if cap(f.wbuf) < flowHeaderLen+len(b) {
+		f.wbuf = make([]byte, flowHeaderLen+len(b))
+	}
+	buf := f.wbuf[:flowHeaderLen+len(b)]
+	buf[0] = f.id
+	copy(buf[flowHeaderLen:], b)
+	if err := f.s.conn.SendDatagram(buf); err != nil {
+		var tl *quic.DatagramTooLargeError
+		if errors.As(err, &tl) {
+			return 0, f.opErr("write", &DatagramTooLargeError{Size: len(b), Max: max(int(tl.MaxDatagramPayloadSize)-flowHeaderLen, 0)})
+		}
+		if f.s.conn.Context().Err() != nil {
+			return 0, f.opErr("write", ErrSessionClosed)
+		}
+		return 0, f.opErr("write", err)
+	}
+	return len(b), nil
+}
+
+// Close closes the flow (not the session); datagrams arriving for it later
+// are counted as Unknown. It is idempotent.
+func (f *FlowConn) Close() error {
+	f.closeOnce.Do(func() { close(f.closed) })
+	return nil
+}
+
+// LocalAddr returns the session's local UDP address.
+func (f *FlowConn) LocalAddr() net.Addr { return f.s.conn.LocalAddr() }
+
+// RemoteAddr returns the peer's UDP address.
+func (f *FlowConn) RemoteAddr() net.Addr { return f.s.conn.RemoteAddr() }
+
+// SetDeadline implements net.Conn.
+func (f *FlowConn) SetDeadline(t time.Time) error {
+	f.rd.set(t)
+	f.wd.set(t)
+	return nil
+}
+
+// SetReadDeadline implements net.Conn.
+func (f *FlowConn) SetReadDeadline(t time.Time) error {
+	f.rd.set(t)
+	return nil
+}
+
+// SetWriteDeadline implements net.Conn.
+func (f *FlowConn) SetWriteDeadline(t time.Time) error {
+	f.wd.set(t)
+	return nil
+}
+
+func (f *FlowConn) opErr(op string, err error) error {
+	return &net.OpError{Op: op, Net: "quic-flow", Source: f.LocalAddr(), Addr: f.RemoteAddr(), Err: err}
+}
