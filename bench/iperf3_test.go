@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packetparamedic/reflector/dataplane/udpaccept"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
@@ -14,6 +15,8 @@ const (
 	// iperf3BenchBytes is what one benchmark op moves (the client's -n), so
 	// ns/op is the time of a fixed transfer, handshake and results included.
 	iperf3BenchBytes = 64 << 20
+	// iperf3BenchUDPLen is the UDP payload size (-l), as in bench-compare.
+	iperf3BenchUDPLen = 1400
 	// iperf3OpTimeout bounds one op; 64 MiB takes well under a second on
 	// loopback even on a loaded machine.
 	iperf3OpTimeout = 30 * time.Second
@@ -30,16 +33,38 @@ func BenchmarkTCPSend(b *testing.B) {
 	benchIperf3(b, iperf3proto.ClientConfig{Bytes: iperf3BenchBytes, Reverse: true}, nil)
 }
 
+// BenchmarkUDPReceive: our client sends UDP unpaced (-b 0, -l 1400), our
+// server receives; the receiver's throughput and loss are reported.
+func BenchmarkUDPReceive(b *testing.B) {
+	benchIperf3(b, iperf3proto.ClientConfig{UDP: true, Bytes: iperf3BenchBytes, BlockLen: iperf3BenchUDPLen}, udpAcceptor)
+}
+
+// udpAcceptor opens the UDP side of an iperf3 port (the same address as
+// its TCP listener) for the benchmark's lifetime.
+func udpAcceptor(tb testing.TB, addr string) iperf3proto.UDPAcceptor {
+	tb.Helper()
+	a, err := udpaccept.NewAcceptor(context.Background(), addr, nil)
+	if err != nil {
+		tb.Fatalf("udp acceptor on %s: %v", addr, err)
+	}
+	tb.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
 // benchIperf3 runs one test per op: our server serves exactly one test
 // (ServeOne) while our client runs it, and the op ends when both are done,
 // so the server's setup and teardown are part of the op. It reports the
 // receiver's throughput (Gbit/s) and, for UDP, its loss.
-func benchIperf3(b *testing.B, cfg iperf3proto.ClientConfig, udp iperf3proto.UDPAcceptor) {
+func benchIperf3(b *testing.B, cfg iperf3proto.ClientConfig, newUDP func(testing.TB, string) iperf3proto.UDPAcceptor) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatalf("listen: %v", err)
 	}
 	b.Cleanup(func() { _ = ln.Close() })
+	var udp iperf3proto.UDPAcceptor // nil for TCP tests, which never use it
+	if newUDP != nil {
+		udp = newUDP(b, ln.Addr().String())
+	}
 	srv := iperf3proto.NewServer(iperf3proto.ServerConfig{})
 	d := &iperf3proto.NetDialer{Address: ln.Addr().String()}
 	b.SetBytes(iperf3BenchBytes)
