@@ -231,6 +231,7 @@ func (c *client) close() {
 			<-st.done
 		}
 	}
+	c.pl.close()
 }
 
 // readState reads one state, turning the server's error states into errors.
@@ -577,7 +578,7 @@ func (c *client) startWorker(st *stream) {
 	switch {
 	case st.sender:
 		if c.pl == nil {
-			pl, err := newPayload(p.BlockLen(), p.RepeatingPayload)
+			pl, err := newPayload(p.BlockLen(), p.RepeatingPayload, !p.UDP && p.ZeroCopy)
 			if err != nil {
 				pl = &payload{buf: make([]byte, p.BlockLen())}
 			}

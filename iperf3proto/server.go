@@ -305,6 +305,7 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 				<-st.done
 			}
 		}
+		t.pl.close()
 		ev := t.log.Info()
 		if res.EndReason != EndDone {
 			ev = t.log.Warn().AnErr("err", res.Err)
@@ -798,7 +799,7 @@ func (t *test) startWorker(st *stream) {
 // from the test goroutine only).
 func (t *test) payload() *payload {
 	if t.pl == nil {
-		pl, err := newPayload(t.params.BlockLen(), t.params.RepeatingPayload)
+		pl, err := newPayload(t.params.BlockLen(), t.params.RepeatingPayload, !t.params.UDP && t.params.ZeroCopy)
 		if err != nil {
 			pl = &payload{buf: make([]byte, t.params.BlockLen())}
 		}
