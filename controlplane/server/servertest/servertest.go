@@ -64,7 +64,8 @@ func StateDir(t testing.TB) string {
 
 // Start runs a server whose config edit may adjust (nil: defaults). The
 // server is shut down when the test ends, and the test fails if
-// goroutines started since Start are still running a few seconds later.
+// goroutines started since Start are still running a few seconds later
+// (the count is process-wide: do not combine with t.Parallel).
 func Start(t testing.TB, edit func(*config.Config), opts server.Options) *Harness {
 	t.Helper()
 	baseline := runtime.NumGoroutine()
