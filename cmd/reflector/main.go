@@ -67,6 +67,7 @@ func init() {
 		{"pair-with", "--peer HOST:PORT --token T [--identity FILE] [--expect-id ID]", "pair this machine's client identity with a reflector", runPairWith},
 		{"test", "--peer HOST:PORT [--json] throughput|udp-echo [flags]", "run a throughput or UDP echo test against a reflector", runTest},
 		{"iperf3-server", "[--listen 127.0.0.1:5201] [--one-off] [--json]", "run the native iperf3 server alone, without the control plane", runIperf3Server},
+		{"self-test", "[--json] [--duration 3s]", "check whether this host can sustain 1 Gbit/s tests (READY / DEGRADED / NOT READY)", runSelfTest},
 		{"version", "", "print the version", runVersion},
 	}
 }
