@@ -459,3 +459,47 @@ func TestHandshakeAndAddressLimits(t *testing.T) {
 		return h2.Server.Stats().AddrRateLimited >= 1
 	})
 }
+
+// TestALPN: the shipped appliance offers no ALPN and must be served; a
+// client offering only other protocols is refused in the handshake.
+func TestALPN(t *testing.T) {
+	key := servertest.NewKey(t)
+	h := servertest.Start(t, func(c *config.Config) {
+		c.Access.AuthorizedPeers = []string{servertest.ID(key).String()}
+	}, server.Options{})
+	cert, err := identity.NewCertificate(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(protos []string) (*tls.Conn, error) {
+		d := tls.Dialer{Config: &tls.Config{
+			Certificates:       []tls.Certificate{cert},
+			InsecureSkipVerify: true, // the appliance pins nothing during this test
+			NextProtos:         protos,
+			MinVersion:         tls.VersionTLS12, // as rustls' defaults
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		nc, err := d.DialContext(ctx, "tcp", h.Addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := nc.(*tls.Conn)
+		return tc, nil
+	}
+	tc, err := dial(nil)
+	if err != nil {
+		t.Fatalf("client without ALPN: %v", err)
+	}
+	defer tc.Close()
+	if v := tc.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Fatalf("negotiated version %x, want TLS 1.3", v)
+	}
+	if _, err := link.NewConn(tc).Call("init-0", &link.Hello{Version: "1.0", Features: []string{"throughput", "udp_echo"}}, 5*time.Second); err != nil {
+		t.Fatalf("hello without ALPN: %v", err)
+	}
+	if tc2, err := dial([]string{"h2"}); err == nil {
+		_ = tc2.Close()
+		t.Fatal("client offering only h2 completed the handshake")
+	}
+}
