@@ -73,6 +73,11 @@ func TestReflectorTestEndToEnd(t *testing.T) {
 		t.Fatalf("reverse throughput: exit %d\n%s", code, out)
 	}
 
+	code, doc, out = runTestCmd(t, append(common, "throughput", "-u", "-b", "20M", "-t", "1", "-P", "1")...)
+	if code != 0 || doc.Throughput == nil || doc.Throughput.Protocol != "udp" || doc.Throughput.Upload == nil || doc.Throughput.Upload.Packets == 0 {
+		t.Fatalf("udp throughput: exit %d\n%s", code, out)
+	}
+
 	code, doc, out = runTestCmd(t, append(common, "udp-echo", "-t", "1", "--rate", "200", "--size", "64", "--timestamped")...)
 	if code != 0 || doc.Echo == nil || doc.Server == nil {
 		t.Fatalf("udp-echo: exit %d\n%s", code, out)

@@ -68,11 +68,12 @@ func causeReason(ctx context.Context) string {
 	return ""
 }
 
-// udpAcceptor is an iperf3 UDP acceptor that can be closed
-// (dataplane/udpaccept's).
+// udpAcceptor is an iperf3 UDP acceptor that can be closed and counts the
+// datagrams it dropped from other senders (dataplane/udpaccept's).
 type udpAcceptor interface {
 	iperf3proto.UDPAcceptor
 	Close() error
+	Dropped() uint64
 }
 
 // openUDPFunc opens the UDP side of a throughput port, accepting streams
@@ -130,7 +131,9 @@ type throughputSummary struct {
 	Packets        int64   `json:"packets,omitempty"`
 	JitterMs       float64 `json:"jitter_ms,omitempty"`
 	ForeignRefused int64   `json:"foreign_refused"`
-	Error          string  `json:"error,omitempty"`
+	// ForeignDropped counts UDP datagrams from other senders (protocol udp).
+	ForeignDropped uint64 `json:"foreign_dropped,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 // openThroughput listens on host:port (TCP and UDP) for one iperf3 test
@@ -219,6 +222,9 @@ func (e *throughputEngine) run(ctx context.Context) outcome {
 	}
 	if udpStreams > 0 {
 		sum.JitterMs = jitter / float64(udpStreams) * 1000
+	}
+	if e.udp != nil {
+		sum.ForeignDropped = e.udp.Dropped()
 	}
 	if res.Err != nil {
 		sum.Error = res.Err.Error()

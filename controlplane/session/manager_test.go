@@ -129,7 +129,7 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 		ports: &rangePorts{base: base, n: cfg.Network.DataPortRangeEnd - base + 1, inUse: map[int]bool{}},
 		peer:  server.PeerInfo{ID: testPeer, Addr: netip.MustParseAddrPort("127.0.0.1:40000"), ConnID: 1},
 	}
-	f.m, err = New(Options{Config: cfg, Audit: f.audit, Quota: q, Ports: f.ports})
+	f.m, err = New(Options{Config: cfg, Audit: f.audit, Quota: q, Ports: f.ports, openUDP: openUDPAcceptor})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,4 +544,45 @@ func TestQuotaFileRestored(t *testing.T) {
 	if u := q2.Peer(testPeer.String(), time.Now()); u.TestsToday != 1 {
 		t.Fatalf("persisted usage %+v", u)
 	}
+}
+
+func TestUDPThroughputWithStockIperf3(t *testing.T) {
+	f := newFixture(t, nil)
+	g := mustGrant(t, f.m.Request(context.Background(), f.peer, link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{
+		DurationSec: 1, Protocol: ptr("udp"), Streams: ptr(2),
+	}}))
+	runIperf3(t, g.Port, "-u", "-b", "20M", "-t", "1", "-P", "2")
+	ev := f.waitEnded(t, g.TestID, 15*time.Second)
+	if ev.Reason != EndDone || *ev.BytesTransferred < 2_000_000 {
+		t.Fatalf("udp session %+v, bytes %d", ev, *ev.BytesTransferred)
+	}
+	b, _ := json.Marshal(ev.Details)
+	var d struct {
+		Summary throughputSummary `json:"summary"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil || d.Summary.Protocol != "udp" || d.Summary.Packets == 0 {
+		t.Fatalf("summary %s (%v)", b, err)
+	}
+	testutil.Eventually(t, 5*time.Second, "port closed", func() bool { return refused(g.Port) })
+}
+
+func TestProtocolMismatchRefused(t *testing.T) {
+	f := newFixture(t, nil)
+	g := mustGrant(t, f.m.Request(context.Background(), f.peer, throughputReq(1, 1, false)))
+	bin := testutil.LookBinary(t, "iperf3")
+	if err := exec.Command(bin, "-c", "127.0.0.1", "-p", strconv.Itoa(g.Port), "-u", "-t", "1").Run(); err == nil {
+		t.Fatal("a UDP test ran on a TCP grant")
+	}
+	f.m.Close(f.peer, g.TestID)
+	if ev := f.waitEnded(t, g.TestID, 5*time.Second); ev.Reason == EndDone {
+		t.Fatalf("refused test reported done: %+v", ev)
+	}
+}
+
+func TestUDPThroughputUnavailable(t *testing.T) {
+	f := newFixture(t, nil)
+	f.m.openUDP = nil
+	mustDeny(t, f.m.Request(context.Background(), f.peer, link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{
+		DurationSec: 1, Protocol: ptr("udp"),
+	}}), link.DenyInvalidParams)
 }
