@@ -586,3 +586,22 @@ func TestUDPThroughputUnavailable(t *testing.T) {
 		DurationSec: 1, Protocol: ptr("udp"),
 	}}), link.DenyInvalidParams)
 }
+
+func TestClampedGrant(t *testing.T) {
+	f := newFixture(t, func(c *config.Config) { c.Quotas.MaxTestDurationSec = 5 })
+	g := mustGrant(t, f.m.Request(context.Background(), f.peer, throughputReq(120, 20, false)))
+	if !g.Clamped || g.DurationSec != 5 || g.Streams != f.cfg.Iperf3.MaxStreams {
+		t.Fatalf("grant %+v, want clamped to 5 s and %d streams", g, f.cfg.Iperf3.MaxStreams)
+	}
+	st := f.m.Status()
+	if len(st.Active) != 1 || st.Active[0].TestID != g.TestID || st.Active[0].Port != g.Port ||
+		st.Active[0].ExpiresAt.Sub(st.Active[0].StartedAt) != 5*time.Second+throughputGrace {
+		t.Fatalf("status %+v", st)
+	}
+	// The iperf3 server holds the client to the grant: a longer test is
+	// refused.
+	bin := testutil.LookBinary(t, "iperf3")
+	if err := exec.Command(bin, "-c", "127.0.0.1", "-p", strconv.Itoa(g.Port), "-t", "20").Run(); err == nil {
+		t.Fatal("a 20 s test ran on a 5 s grant")
+	}
+}

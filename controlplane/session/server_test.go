@@ -63,6 +63,10 @@ func TestServerApplianceSequence(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request (reverse %v): %v", reverse, err)
 		}
+		st, err := c.Status()
+		if err != nil || st.ActiveTest == nil || st.ActiveTest.TestID != g.TestID || st.ActiveTest.RemainingSec == 0 {
+			t.Fatalf("status during the test: %+v, %v", st, err)
+		}
 		time.Sleep(500 * time.Millisecond) // the appliance's own pause, not a synchronisation
 		args := []string{"-c", "127.0.0.1", "-p", strconv.Itoa(g.Port), "-t", "2", "-P", "4", "-b", "500M", "-J"}
 		if reverse {
@@ -186,5 +190,24 @@ func TestServerKill9KeepsQuota(t *testing.T) {
 	var d *client.DeniedError
 	if !errors.As(err, &d) || d.Deny.Reason != link.DenyQuotaExceeded || d.Deny.RetryAfterSec == nil {
 		t.Fatalf("after kill -9 and restart: %v, want quota_exceeded", err)
+	}
+}
+
+// TestServerCorruptQuotaFileRefusesStart checks that a damaged quota file
+// stops the server rather than resetting every peer's quota.
+func TestServerCorruptQuotaFileRefusesStart(t *testing.T) {
+	dir := servertest.StateDir(t)
+	cfg := servertest.Config(dir)
+	directEdit(cfg)
+	if err := os.WriteFile(cfg.QuotaFile(), []byte(`{"version": 1, "peers": {`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(cfg, server.Options{NewSessions: session.NewSessions})
+	if err == nil {
+		_ = srv.Shutdown(t.Context())
+		t.Fatal("server started with a corrupt quota file")
+	}
+	if !errors.Is(err, quota.ErrCorrupt) {
+		t.Fatalf("error %v, want quota.ErrCorrupt", err)
 	}
 }
