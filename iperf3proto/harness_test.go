@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -133,6 +132,3 @@ func runIperf3(t testing.TB, args ...string) (*iperfJSON, []byte) {
 	}
 	return &j, out
 }
-
-// goroutineBaseline returns the goroutine count, for leak checks.
-func goroutineBaseline() int { return runtime.NumGoroutine() }

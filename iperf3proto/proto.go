@@ -10,7 +10,6 @@ package iperf3proto
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -277,15 +276,6 @@ func writeMessage(w io.Writer, b []byte) error {
 		return fmt.Errorf("write json message: %w", err)
 	}
 	return nil
-}
-
-// writeJSON marshals v and writes it as a length-prefixed message.
-func writeJSON(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("marshal json message: %w", err)
-	}
-	return writeMessage(w, b)
 }
 
 // readMessage reads a length-prefixed message of at most max bytes.
