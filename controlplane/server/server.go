@@ -149,11 +149,6 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		alpn = "pp-link/1"
 	}
 	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
-	// identity refuses clients that offer no ALPN, but the shipped
-	// appliance offers none (its rustls client config sets no protocols).
-	// Without the hook, crypto/tls accepts a client that offers no ALPN and
-	// still refuses one whose offer lacks ours (no_application_protocol).
-	s.tlsConf.GetConfigForClient = nil
 
 	static, err := parseIDs(cfg.Access.AuthorizedPeers)
 	if err != nil {
