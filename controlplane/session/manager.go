@@ -121,6 +121,10 @@ type Manager struct {
 	changed chan struct{} // closed and replaced whenever a session ends
 	closed  bool
 	wg      sync.WaitGroup
+
+	// onWait, when set (tests), is called when a request starts waiting
+	// for a slot held by the same peer.
+	onWait func()
 }
 
 // session is one granted test.
@@ -239,6 +243,9 @@ func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.Se
 		}
 		changed := m.changed
 		m.mu.Unlock()
+		if m.onWait != nil {
+			m.onWait()
+		}
 		t := time.NewTimer(left)
 		select {
 		case <-changed:
@@ -377,10 +384,9 @@ loop:
 	tick.Stop()
 	s.eng.close()
 	m.ports.Release(s.port)
-	if !cut && m.account(s) && o.reason == EndDone {
-		// Crossed the budget in the last interval but ended normally.
-		m.cutOff(s)
-	}
+	// The final count; a budget crossed only now is refused at the next
+	// request (quota_exceeded) rather than reported as a cut-off.
+	m.account(s)
 	m.finish(s, o)
 }
 

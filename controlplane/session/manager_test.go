@@ -605,3 +605,36 @@ func TestClampedGrant(t *testing.T) {
 		t.Fatal("a 20 s test ran on a 5 s grant")
 	}
 }
+
+// TestSamePeerWaitsForItsEndingSession: a request that finds the only slot
+// held by the same peer's session waits for it to end instead of being
+// refused busy (the appliance asks at once after its iperf3 client exits).
+func TestSamePeerWaitsForItsEndingSession(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	g := mustGrant(t, f.m.Request(ctx, f.peer, link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}}))
+	// Make the first session count as completed so the cooldown is not
+	// what the second request meets.
+	conn, err := net.Dial("udp", "127.0.0.1:"+strconv.Itoa(g.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := echo.Probe(ctx, conn, echo.ProbeConfig{Rate: 100, Size: 64, Count: 5}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The session ends while the request waits for it.
+	var once sync.Once
+	waited := false
+	f.m.onWait = func() {
+		once.Do(func() {
+			waited = true
+			go f.m.Close(f.peer, g.TestID)
+		})
+	}
+	g2 := mustGrant(t, f.m.Request(ctx, f.peer, link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 1}}))
+	if !waited || g2.TestID == g.TestID {
+		t.Fatalf("waited %v, ids %s %s", waited, g.TestID, g2.TestID)
+	}
+	f.waitEnded(t, g2.TestID, 10*time.Second)
+}
