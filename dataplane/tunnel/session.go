@@ -76,6 +76,7 @@ type QUICSession struct {
 	flows    map[uint8]*FlowConn
 	accepts  chan acceptItem
 	started  bool
+	nextFlow int
 	demuxEnd chan struct{}
 
 	dropped, unknown, malformed atomic.Uint64
@@ -204,6 +205,28 @@ func (s *QUICSession) Flow(id uint8) *FlowConn {
 	f := newFlow(s, id)
 	s.flows[id] = f
 	return f
+}
+
+// ErrNoFreeFlow is returned by OpenFlow when every flow id is in use.
+var ErrNoFreeFlow = errors.New("tunnel: no free flow id in this session")
+
+// OpenFlow opens a flow with an id never used before in this session
+// (client side: one per iperf3 UDP stream; the server learns the id from
+// the flow's first datagram). Ids are not reused, so late datagrams of a
+// closed flow never reach a new one.
+func (s *QUICSession) OpenFlow() (*FlowConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ; s.nextFlow < 256; s.nextFlow++ {
+		id := uint8(s.nextFlow)
+		if s.flows[id] == nil {
+			f := newFlow(s, id)
+			s.flows[id] = f
+			s.nextFlow++
+			return f, nil
+		}
+	}
+	return nil, ErrNoFreeFlow
 }
 
 // AcceptUDP implements iperf3proto.UDPAcceptor on the server side: it
