@@ -133,10 +133,22 @@ func stderrIsTerminal(e *env) bool {
 	return ok && isTerminal(f)
 }
 
-func throughputFlags(e *env, args []string) (client.ThroughputOptions, error) {
-	fs := pflag.NewFlagSet("test throughput", pflag.ContinueOnError)
+// subFlags returns the flag set of a test kind; its --help goes to stdout.
+func subFlags(e *env, kind string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("test "+kind, pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(e.stdout, "Usage: reflector test --peer HOST:PORT [...] %s [flags]\n\nFlags:\n", kind)
+		fs.SetOutput(e.stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(e.stderr)
+	}
+	return fs
+}
+
+func throughputFlags(e *env, args []string) (client.ThroughputOptions, error) {
+	fs := subFlags(e, "throughput")
 	t := fs.IntP("time", "t", 10, "test duration in seconds")
 	p := fs.IntP("parallel", "P", 4, "parallel streams")
 	r := fs.BoolP("reverse", "R", false, "reverse: the reflector sends (download)")
@@ -187,9 +199,7 @@ func parseBitrate(s string) (uint64, error) {
 }
 
 func echoFlags(e *env, args []string) (client.EchoOptions, error) {
-	fs := pflag.NewFlagSet("test udp-echo", pflag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.SortFlags = false
+	fs := subFlags(e, "udp-echo")
 	t := fs.IntP("time", "t", 10, "test duration in seconds")
 	rate := fs.Int("rate", 100, "probes per second")
 	size := fs.Int("size", 64, fmt.Sprintf("datagram size in bytes (%d-%d)", echo.HeaderLen, echo.MaxProbeSize))
