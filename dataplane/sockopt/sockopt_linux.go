@@ -7,10 +7,50 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// netConner is implemented by wrappers such as *tls.Conn that expose the
+// connection underneath; options are applied to that one.
+type netConner interface {
+	NetConn() net.Conn
+}
+
+// rawConn returns the syscall.RawConn under c, unwrapping *tls.Conn and
+// similar wrappers (at most a few levels).
+func rawConn(c net.Conn) (syscall.RawConn, error) {
+	for range 4 {
+		if sc, ok := c.(syscall.Conn); ok {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return nil, fmt.Errorf("raw conn of %T: %w", c, err)
+			}
+			return rc, nil
+		}
+		nc, ok := c.(netConner)
+		if !ok {
+			break
+		}
+		c = nc.NetConn()
+	}
+	return nil, fmt.Errorf("%T has no socket: %w", c, ErrNotSupported)
+}
+
+// control runs f with the descriptor of c's socket and returns f's error.
+func control(c net.Conn, f func(fd int) error) error {
+	rc, err := rawConn(c)
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return fmt.Errorf("socket control: %w", err)
+	}
+	return ferr
+}
 
 // TCPInfo reads TCP_INFO from c (a *net.TCPConn, a *tls.Conn over one, or
 // anything else with a TCP socket under SyscallConn). Other connections

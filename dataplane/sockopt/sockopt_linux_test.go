@@ -168,7 +168,10 @@ func TestDontFragment(t *testing.T) {
 		t.Fatal(err)
 	}
 	var v int
-	if err := control(u, func(fd int) (err error) { v, err = unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER); return }); err != nil || v != unix.IP_PMTUDISC_DO {
+	if err := control(u, func(fd int) (err error) {
+		v, err = unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER)
+		return
+	}); err != nil || v != unix.IP_PMTUDISC_DO {
 		t.Fatalf("IP_MTU_DISCOVER = %d, %v", v, err)
 	}
 }

@@ -92,6 +92,22 @@ func (p *Payload) Bytes() []byte { return p.data }
 // Len returns the payload's size in bytes.
 func (p *Payload) Len() int { return len(p.data) }
 
+// Write writes the first n bytes (n <= Len) of the payload to conn with
+// conn.Write, which continues after partial writes until n bytes are sent
+// or an error (including a deadline set on conn) stops it. It is the
+// copying alternative to Send: on Linux 6.18 loopback (a paravirtualized
+// VM) it moved TCP data about twice as fast, at half the CPU, as sendfile
+// did; see the package benchmarks.
+func (p *Payload) Write(conn net.Conn, n int) (int, error) {
+	if err := p.checkSend(n); err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	return conn.Write(p.data[:n])
+}
+
 // checkSend validates a Send of n bytes.
 func (p *Payload) checkSend(n int) error {
 	if n < 0 || n > len(p.data) {

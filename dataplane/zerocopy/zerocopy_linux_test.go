@@ -1,8 +1,10 @@
 package zerocopy
 
 import (
+	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,5 +57,55 @@ func TestFastPathsUsed(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatalf("sendfile: %v", err)
+	}
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime(tb testing.TB) time.Duration {
+	tb.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkDiscardSpliceTuning varies the splice pipe size and the
+// receive low-watermark (SO_RCVLOWAT, which makes the socket readable
+// only once that much is queued).
+func BenchmarkDiscardSpliceTuning(b *testing.B) {
+	null, err := devNull()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, pipeSize := range []int{64 << 10, 256 << 10, 1 << 20} {
+		for _, lowat := range []int{0, 256 << 10} {
+			b.Run(fmt.Sprintf("pipe%dK/lowat%dK", pipeSize>>10, lowat>>10), func(b *testing.B) {
+				benchDiscard(b, func(c net.Conn) (int64, error) {
+					var fds [2]int
+					if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+						return 0, err
+					}
+					defer closeFDs(fds)
+					got, err := unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+					if err != nil {
+						return 0, err
+					}
+					rc, err := c.(*net.TCPConn).SyscallConn()
+					if err != nil {
+						return 0, err
+					}
+					if lowat > 0 {
+						var serr error
+						_ = rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, lowat) })
+						if serr != nil {
+							return 0, serr
+						}
+					}
+					n, _, _, err := spliceDiscard(rc, &pipe{r: fds[0], w: fds[1], size: got}, null, noBytes)
+					return n, err
+				})
+			})
+		}
 	}
 }

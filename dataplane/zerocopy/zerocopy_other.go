@@ -25,17 +25,10 @@ func NewPayload(size int, repeating bool) (*Payload, error) {
 	return &Payload{data: b, fd: -1}, nil
 }
 
-// Send writes the first n bytes (n <= Len) of the payload to conn with
-// conn.Write, continuing after partial writes until n bytes are sent or an
-// error (including a deadline set on conn) stops it.
+// Send writes the first n bytes (n <= Len) of the payload to conn; this
+// platform has no sendfile path, so it is Write.
 func (p *Payload) Send(conn net.Conn, n int) (int, error) {
-	if err := p.checkSend(n); err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, nil
-	}
-	return conn.Write(p.data[:n])
+	return p.Write(conn, n)
 }
 
 // Close releases the payload; later Sends fail with ErrPayloadClosed.

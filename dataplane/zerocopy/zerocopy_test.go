@@ -239,14 +239,17 @@ func TestPayloadContent(t *testing.T) {
 }
 
 func TestPayloadSendExactly(t *testing.T) {
+	send := (*Payload).Send
 	for _, tc := range []struct {
 		name      string
 		repeating bool
 		wrap      func(net.Conn) net.Conn
+		send      func(*Payload, net.Conn, int) (int, error)
 	}{
-		{"sendfile random", false, func(c net.Conn) net.Conn { return c }},
-		{"sendfile repeating", true, func(c net.Conn) net.Conn { return c }},
-		{"write fallback", true, func(c net.Conn) net.Conn { return noSyscallConn{c} }},
+		{"sendfile random", false, func(c net.Conn) net.Conn { return c }, send},
+		{"sendfile repeating", true, func(c net.Conn) net.Conn { return c }, send},
+		{"send falls back to write", true, func(c net.Conn) net.Conn { return noSyscallConn{c} }, send},
+		{"write", false, func(c net.Conn) net.Conn { return c }, (*Payload).Write},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const size = 1 << 20
@@ -269,7 +272,7 @@ func TestPayloadSendExactly(t *testing.T) {
 			}()
 			conn := tc.wrap(c)
 			for _, n := range sizes {
-				sent, err := p.Send(conn, n)
+				sent, err := tc.send(p, conn, n)
 				if err != nil || sent != n {
 					t.Fatalf("Send(%d) = %d, %v", n, sent, err)
 				}
@@ -278,7 +281,7 @@ func TestPayloadSendExactly(t *testing.T) {
 			if b := <-got; !bytes.Equal(b, want.Bytes()) {
 				t.Fatalf("receiver got %d bytes, want %d (equal: false)", len(b), want.Len())
 			}
-			if _, err := p.Send(conn, size+1); err == nil {
+			if _, err := tc.send(p, conn, size+1); err == nil {
 				t.Fatal("Send beyond the payload accepted")
 			}
 		})
@@ -335,6 +338,9 @@ func TestPayloadClosed(t *testing.T) {
 	defer func() { _ = a.Close(); _ = b.Close() }()
 	if _, err := p.Send(a, 10); !errors.Is(err, ErrPayloadClosed) {
 		t.Fatalf("Send after Close: %v", err)
+	}
+	if _, err := p.Write(a, 10); !errors.Is(err, ErrPayloadClosed) {
+		t.Fatalf("Write after Close: %v", err)
 	}
 	if len(p.Bytes()) != 100 {
 		t.Fatal("Bytes gone after Close")
