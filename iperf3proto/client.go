@@ -599,7 +599,7 @@ func (c *client) startWorker(st *stream) {
 	case p.UDP:
 		go st.runUDPReceiver(p.UDPCounters64Bit, &c.recv)
 	default:
-		go st.runTCPReceiver(&c.recv)
+		go st.runTCPReceiver(0, &c.recv)
 	}
 }
 

@@ -105,6 +105,20 @@ func clientCases() []clientCase {
 			checkDir(t, "upload", r.Upload, false)
 			checkDir(t, "download", r.Download, false)
 		}},
+		{"R_n_uneven_P3", ClientConfig{Bytes: 100<<20 + 12345, Reverse: true, Parallel: 3}, func(t *testing.T, r *ClientResult) {
+			down(t, r)
+			if r.Download.SentBytes != 100<<20+12345 {
+				t.Errorf("server sent %d, want exactly %d", r.Download.SentBytes, 100<<20+12345)
+			}
+		}},
+		{"Z_N_M_w_l", ClientConfig{Duration: sec, ZeroCopy: true, NoDelay: true, MSS: 1400, Window: 1 << 20, BlockLen: 64 << 10}, up},
+		{"R_Z_repeating", ClientConfig{Duration: sec, Reverse: true, ZeroCopy: true, RepeatingPayload: true}, down},
+		{"C_reno", ClientConfig{Duration: sec, Congestion: "reno"}, func(t *testing.T, r *ClientResult) {
+			up(t, r)
+			if r.CongestionUsed != "reno" {
+				t.Errorf("server congestion %q", r.CongestionUsed)
+			}
+		}},
 		{"server_output", ClientConfig{Duration: sec, GetServerOutput: true}, func(t *testing.T, r *ClientResult) {
 			up(t, r)
 			if r.ServerOutputText == "" && len(r.ServerOutputJSON) == 0 {

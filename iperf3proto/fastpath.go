@@ -9,6 +9,10 @@ import (
 	"os"
 )
 
+// serverRcvLowat is the receive low-watermark of server TCP receivers:
+// the client ends the test, so the tail is drained after TEST_END.
+const serverRcvLowat = 256 << 10
+
 // spliceChunk bounds one zero-copy receive so byte counters stay live.
 const spliceChunk = 1 << 20
 
@@ -19,9 +23,11 @@ const recvBufSize = 256 << 10
 // onBytes, and returns the total. It moves bytes socket -> pipe -> /dev/null
 // with splice(2) where it can (our own loop on Linux; os.File.ReadFrom
 // elsewhere, which splices where the platform allows) and falls back to
-// reading into one reused buffer.
-func discardTCP(conn net.Conn, onBytes func(int)) (int64, error) {
-	if n, ok, err := spliceDiscard(conn, onBytes); ok {
+// reading into one reused buffer. lowat is passed to spliceDiscard: only
+// a receiver whose peer decides the end may use it (the server), since the
+// tail below it is counted only by a later drainQueued.
+func discardTCP(conn net.Conn, lowat int, onBytes func(int)) (int64, error) {
+	if n, ok, err := spliceDiscard(conn, lowat, onBytes); ok {
 		return n, err
 	}
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)

@@ -124,6 +124,11 @@ func (s *Server) Meter() (sent, received int64) {
 	return s.sent.Load(), s.received.Load()
 }
 
+// ErrListenerDeadline is returned by ServeOne for a listener without
+// SetDeadline: the server could not stop accepting at the end of a test
+// without closing it.
+var ErrListenerDeadline = errors.New("iperf3: listener must implement SetDeadline")
+
 // listenerDeadline is implemented by *net.TCPListener.
 type listenerDeadline interface {
 	SetDeadline(t time.Time) error
@@ -177,10 +182,14 @@ func addrPort(a net.Addr) netip.AddrPort {
 // ServeOne runs exactly one test on ln (and udp for UDP streams): it waits
 // for a permitted control connection, serves it, and returns when the test
 // ends however it ends, with every goroutine and connection it started
-// released. ln is not closed. While the test runs further control
+// released. ln is not closed, and must implement SetDeadline (as
+// *net.TCPListener does). While the test runs further control
 // connections get ACCESS_DENIED. The error is non-nil only when no test was
 // run (ctx ended or ln failed); test failures are in TestResult.Err.
 func (s *Server) ServeOne(ctx context.Context, ln net.Listener, udp UDPAcceptor) (*TestResult, error) {
+	if _, ok := ln.(listenerDeadline); !ok {
+		return nil, fmt.Errorf("serve iperf3 on %T: %w", ln, ErrListenerDeadline)
+	}
 	for {
 		c, err := acceptCtx(ctx, ln)
 		if err != nil {
@@ -791,7 +800,7 @@ func (t *test) startWorker(st *stream) {
 	case p.UDP:
 		go st.runUDPReceiver(p.UDPCounters64Bit, &srv.received)
 	default:
-		go st.runTCPReceiver(&srv.received)
+		go st.runTCPReceiver(serverRcvLowat, &srv.received)
 	}
 }
 

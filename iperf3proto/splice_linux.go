@@ -12,15 +12,14 @@ import (
 // splicePipeSize is the pipe capacity asked for (the kernel may grant less).
 const splicePipeSize = 1 << 20
 
-// rcvLowat makes the socket readable only with this much queued, so each
-// wakeup moves a large chunk.
-const rcvLowat = 256 << 10
 
 // spliceDiscard moves everything conn receives into /dev/null with
 // splice(2) (socket -> pipe -> /dev/null, no copy to user space), calling
-// onBytes per chunk. ok is false when conn is not a socket splice can read,
-// in which case nothing was read.
-func spliceDiscard(conn net.Conn, onBytes func(int)) (total int64, ok bool, err error) {
+// onBytes per chunk. A lowat above 1 sets SO_RCVLOWAT so that each wakeup
+// moves a large chunk; the tail below it then waits for drainQueued. ok is
+// false when conn is not a socket splice can read, in which case nothing
+// was read.
+func spliceDiscard(conn net.Conn, lowat int, onBytes func(int)) (total int64, ok bool, err error) {
 	sc, isSC := conn.(syscall.Conn)
 	if !isSC {
 		return 0, false, nil
@@ -45,9 +44,11 @@ func spliceDiscard(conn net.Conn, onBytes func(int)) (total int64, ok bool, err 
 		return 0, false, nil
 	}
 	defer func() { _ = unix.Close(null) }()
-	_ = rc.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, rcvLowat)
-	})
+	if lowat > 1 {
+		_ = rc.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, lowat)
+		})
+	}
 	var rerr error
 	eof := false
 	err = rc.Read(func(fd uintptr) bool {

@@ -5,7 +5,7 @@ package iperf3proto
 import "net"
 
 // spliceDiscard is not available on this system: ok is always false.
-func spliceDiscard(_ net.Conn, _ func(int)) (total int64, ok bool, err error) {
+func spliceDiscard(_ net.Conn, _ int, _ func(int)) (total int64, ok bool, err error) {
 	return 0, false, nil
 }
 

@@ -53,16 +53,18 @@ type sendLimit struct {
 	used  atomic.Int64
 }
 
-// take reserves up to n bytes, returning how many may be sent (0 = stop).
+// take reserves up to n bytes, returning how many may be sent (0 = stop);
+// the last block is trimmed so the total is exactly the limit.
 func (l *sendLimit) take(n int) int {
 	if l == nil || l.limit == 0 {
 		return n
 	}
 	u := l.used.Add(int64(n))
-	if u-int64(n) >= l.limit {
+	before := u - int64(n)
+	if before >= l.limit {
 		return 0
 	}
-	return n
+	return int(min(int64(n), l.limit-before))
 }
 
 // pacer spaces sends so that the average rate stays at most bps bits/s,
@@ -71,6 +73,7 @@ type pacer struct {
 	bps   uint64
 	start time.Time
 	sent  uint64
+	timer *time.Timer
 }
 
 // wait blocks until n more bytes may be sent or stop is closed; it returns
@@ -81,16 +84,22 @@ func (p *pacer) wait(n int, stop <-chan struct{}) bool {
 	}
 	due := time.Duration(float64(p.sent*8) / float64(p.bps) * float64(time.Second))
 	p.sent += uint64(n)
-	if d := due - time.Since(p.start); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-stop:
-			t.Stop()
-			return false
-		}
+	d := due - time.Since(p.start)
+	if d <= 0 {
+		return true
 	}
-	return true
+	if p.timer == nil {
+		p.timer = time.NewTimer(d)
+	} else {
+		p.timer.Reset(d)
+	}
+	select {
+	case <-p.timer.C:
+		return true
+	case <-stop:
+		p.timer.Stop()
+		return false
+	}
 }
 
 // runTCPSender sends blocks until stop, a write error or the byte budget.
@@ -118,10 +127,11 @@ func (s *stream) runTCPSender(p *payload, blk int, bps uint64, lim *sendLimit, m
 	}
 }
 
-// runTCPReceiver drains the connection until EOF or close.
-func (s *stream) runTCPReceiver(meter *atomic.Int64) {
+// runTCPReceiver drains the connection until EOF or close (lowat: see
+// discardTCP).
+func (s *stream) runTCPReceiver(lowat int, meter *atomic.Int64) {
 	defer close(s.done)
-	_, _ = discardTCP(s.conn, func(n int) {
+	_, _ = discardTCP(s.conn, lowat, func(n int) {
 		s.bytes.Add(int64(n))
 		meter.Add(int64(n))
 	})
