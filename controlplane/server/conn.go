@@ -73,6 +73,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		addr := addrPort(nc.RemoteAddr())
 		if !s.limiter.allow(addr.Addr(), time.Now()) {
 			s.stats.addrLimited.Add(1)
+			s.denials.drop(addr.Addr(), ReasonAddrRateLimited, s.now())
 			_ = nc.Close()
 			continue
 		}
@@ -85,11 +86,13 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		case s.active >= s.cfg.Limits.MaxControlConnections:
 			s.mu.Unlock()
 			s.stats.connLimit.Add(1)
+			s.denials.drop(addr.Addr(), ReasonConnLimit, s.now())
 			_ = nc.Close()
 			continue
 		case s.handshake >= s.cfg.Limits.MaxHandshakes:
 			s.mu.Unlock()
 			s.stats.hsLimit.Add(1)
+			s.denials.drop(addr.Addr(), ReasonHandshakeLimit, s.now())
 			_ = nc.Close()
 			continue
 		}
@@ -138,12 +141,14 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	s.mu.Unlock()
 	if err != nil {
 		s.stats.hsFailed.Add(1)
+		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
 		log.Debug().Err(err).Msg("TLS handshake failed")
 		return
 	}
 	peerCerts := tc.ConnectionState().PeerCertificates
 	if len(peerCerts) == 0 {
 		s.stats.hsFailed.Add(1)
+		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
 		return
 	}
 	id, err := identity.PeerID(peerCerts[0])
@@ -156,7 +161,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 			ev.PeerID = san.Actual.String()
 			ev.Details = map[string]any{"claimed_id": san.Claimed, "key_id": san.Actual.String()}
 		}
-		s.writeAudit(log, ev)
+		s.auditDenial(log, addr, ev)
 		log.Warn().Err(err).Str("reason", ev.Reason).Msg("connection denied")
 		return
 	}
@@ -167,7 +172,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	if !authorized {
 		if open, _ := s.pairing.Active(); !open {
 			s.stats.denied.Add(1)
-			s.writeAudit(log, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: ReasonNotAuthorized})
+			s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: ReasonNotAuthorized})
 			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
 			return
 		}
@@ -293,6 +298,15 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 		return false
 	}
 	return s.reply(c, reqID, &link.Error{Code: link.CodeUnexpected, Message: "unexpected message " + msg.MessageType()})
+}
+
+// auditDenial writes a connection_denied event in full when it is the
+// first of its source in the current interval, and otherwise only counts
+// it for the source's rate_limited summary.
+func (s *Server) auditDenial(log zerolog.Logger, addr netip.AddrPort, ev audit.Event) {
+	if s.denials.deny(addr.Addr(), ev.Reason, s.now()) {
+		s.writeAudit(log, ev)
+	}
 }
 
 func (s *Server) writeAudit(log zerolog.Logger, ev audit.Event) {

@@ -49,6 +49,10 @@ type Options struct {
 	NewSessions func(Env) (Sessions, error)
 	// Source says where the configuration came from (banner and status).
 	Source config.Source
+	// DenialAuditInterval is how often refused connections are summarized
+	// in the audit log (one rate_limited line per source); zero means
+	// DefaultDenialAuditInterval.
+	DenialAuditInterval time.Duration
 }
 
 // Stats counts connection outcomes since the server started.
@@ -86,7 +90,10 @@ type Server struct {
 	sessions Sessions
 	sampler  *hostinfo.Sampler
 	limiter  *addrLimiter
+	denials  *denialAggregator
 	stats    counters
+
+	denialInterval   time.Duration
 
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
@@ -128,6 +135,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		handshakeTimeout: seconds(cfg.Limits.HandshakeTimeoutSec, 10),
 		idleTimeout:      seconds(cfg.Limits.IdleTimeoutSec, 300),
 		limiter:          newAddrLimiter(cfg.Limits.NewConnsPerSecPerAddr, cfg.Limits.NewConnsBurstPerAddr),
+		denialInterval:   opts.DenialAuditInterval,
+	}
+	if s.denialInterval <= 0 {
+		s.denialInterval = DefaultDenialAuditInterval
 	}
 	if err := os.MkdirAll(cfg.State.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory %s: %w", cfg.State.Dir, err)
@@ -160,6 +171,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.audit, err = audit.Open(cfg.Logging.AuditLogPath, s.id.String()); err != nil {
 		return nil, err
 	}
+	s.denials = newDenialAggregator(s.audit, maxDenialSources)
 	sessions := Sessions(NoSessions{})
 	if opts.NewSessions != nil {
 		sessions, err = opts.NewSessions(Env{
@@ -267,8 +279,9 @@ func (s *Server) Start(ctx context.Context) error {
 			s.log.Error().Err(err).Msg("could not open the start-up pairing window")
 		}
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.acceptLoop(ln)
+	go s.runDenialFlusher(s.denialInterval)
 	return nil
 }
 

@@ -503,3 +503,58 @@ func TestALPN(t *testing.T) {
 		t.Fatal("client offering only h2 completed the handshake")
 	}
 }
+
+// TestDenialFloodAuditedInAggregate: 60 unknown-peer connections and 20
+// silent TCP connections from one address write one connection_denied in
+// full and one rate_limited summary counting the rest (written when the
+// interval ends, here at shutdown), not 80 lines.
+func TestDenialFloodAuditedInAggregate(t *testing.T) {
+	h := servertest.Start(t, func(c *config.Config) {
+		c.Limits.NewConnsPerSecPerAddr = 1000
+		c.Limits.NewConnsBurstPerAddr = 1000
+		c.Limits.HandshakeTimeoutSec = 1
+	}, server.Options{DenialAuditInterval: time.Hour})
+	cert, err := identity.NewCertificate(servertest.NewKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const denied, silent = 60, 20
+	for i := 0; i < silent; i++ {
+		nc, err := net.Dial("tcp", h.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+	}
+	for i := 0; i < denied; i++ {
+		tc, err := client.DialTLS(context.Background(), h.Addr, cert, h.Server.EndpointID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = tc.Read(make([]byte, 1)) // the server closes after its decision
+		_ = tc.Close()
+	}
+	testutil.Eventually(t, 10*time.Second, "every attempt counted", func() bool {
+		st := h.Server.Stats()
+		return st.Denied == denied && st.HandshakeFailed == silent
+	})
+	if n := len(servertest.FindAudit(h.AuditEvents(), audit.RateLimited)); n != 0 {
+		t.Fatalf("%d summaries before the interval ended", n)
+	}
+	h.Stop()
+	events := h.AuditEvents()
+	if full := servertest.FindAudit(events, audit.ConnectionDenied); len(full) != 1 || full[0].Reason != server.ReasonNotAuthorized {
+		t.Fatalf("connection_denied lines %+v, want exactly one in full", full)
+	}
+	sums := servertest.FindAudit(events, audit.RateLimited)
+	if len(sums) != 1 {
+		t.Fatalf("summary lines %+v, want one for the one source", sums)
+	}
+	e := sums[0]
+	reasons, _ := e.Details["reasons"].(map[string]any)
+	if e.PeerAddr != "127.0.0.1" || e.Reason != "connection_denied" || e.Details["count"] != float64(denied-1+silent) ||
+		reasons[server.ReasonNotAuthorized] != float64(denied-1) || reasons[server.ReasonHandshakeFailed] != float64(silent) {
+		t.Fatalf("summary %+v", e)
+	}
+}
