@@ -93,7 +93,7 @@ type Server struct {
 	denials  *denialAggregator
 	stats    counters
 
-	denialInterval   time.Duration
+	denialInterval time.Duration
 
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
