@@ -16,6 +16,9 @@ import (
 	"github.com/packetparamedic/reflector/dataplane/sockopt"
 )
 
+// rebind opens the next listening socket; tests replace it to fail.
+var rebind = sockopt.ListenUDPReusePort
+
 // maxDatagram bounds one received datagram (the largest UDP payload).
 const maxDatagram = 64 << 10
 
@@ -44,6 +47,7 @@ type Acceptor struct {
 	mu     sync.Mutex
 	cur    *net.UDPConn // unconnected socket that receives new streams
 	closed bool
+	broken error // set when a hand-off left no listening socket
 }
 
 // Dropped returns how many datagrams from senders that allow rejected were
@@ -96,7 +100,8 @@ func NewAcceptor(ctx context.Context, addr string, allow func(netip.AddrPort) bo
 // afterwards. The caller owns conn and must close it.
 //
 // AcceptUDP returns net.ErrClosed after Close and ctx's error when ctx is
-// done. Concurrent calls are served one at a time.
+// done. Concurrent calls are served one at a time (a call waiting for
+// another to finish does not watch its own ctx).
 func (a *Acceptor) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
 	a.acceptMu.Lock()
 	defer a.acceptMu.Unlock()
@@ -119,7 +124,7 @@ func (a *Acceptor) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
 			}
 			d.data = append([]byte(nil), d.data...)
 		}
-		conn, err := a.handOff(ctx, cur, d.from)
+		conn, err := a.handOff(cur, d.from)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -127,14 +132,30 @@ func (a *Acceptor) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
 	}
 }
 
-// current returns the listening socket, or net.ErrClosed.
+// current returns the listening socket, or net.ErrClosed, or the error
+// that broke the acceptor.
 func (a *Acceptor) current() (*net.UDPConn, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return nil, net.ErrClosed
 	}
+	if a.broken != nil {
+		return nil, a.broken
+	}
 	return a.cur, nil
+}
+
+// breakWith records that the listening socket is unusable (connected but
+// not replaced), so every later AcceptUDP fails with err until Close.
+func (a *Acceptor) breakWith(err error) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return net.ErrClosed
+	}
+	a.broken = fmt.Errorf("udp acceptor on %s unusable: %w", a.addr, err)
+	return a.broken
 }
 
 // popStash takes the oldest stashed datagram and forgets the others from
@@ -186,18 +207,25 @@ func (a *Acceptor) read(ctx context.Context, cur *net.UDPConn) (datagram, error)
 // sender's datagram arriving in between is refused by the kernel (iperf3
 // clients open their next stream only after the server's reply, which the
 // caller sends after AcceptUDP returns).
-func (a *Acceptor) handOff(ctx context.Context, cur *net.UDPConn, peer netip.AddrPort) (net.Conn, error) {
-	conn, err := connectSocket(cur, peer)
+//
+// When connect succeeds but the socket cannot be wrapped or replaced
+// (descriptor limits), the acceptor has no listening socket left and
+// reports that error from then on.
+func (a *Acceptor) handOff(cur *net.UDPConn, peer netip.AddrPort) (net.Conn, error) {
+	conn, connected, err := connectSocket(cur, peer)
 	if err != nil {
 		if a.isClosed() {
 			return nil, net.ErrClosed
 		}
+		if connected {
+			return nil, a.breakWith(err)
+		}
 		return nil, fmt.Errorf("udp accept: %w", err)
 	}
-	next, err := sockopt.ListenUDPReusePort(ctx, a.addr.String())
+	next, err := rebind(context.Background(), a.addr.String())
 	if err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("udp accept: rebind: %w", err)
+		return nil, a.breakWith(fmt.Errorf("rebind: %w", err))
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -218,11 +246,12 @@ func (a *Acceptor) handOff(ctx context.Context, cur *net.UDPConn, peer netip.Add
 // wrapped with net.FilePacketConn so that the returned conn knows its
 // remote address: a *net.UDPConn whose descriptor was connected behind its
 // back reads and writes correctly but reports a nil RemoteAddr. The caller
-// closes cur; the socket lives on in the returned conn.
-func connectSocket(cur *net.UDPConn, peer netip.AddrPort) (*net.UDPConn, error) {
+// closes cur; the socket lives on in the returned conn. connected reports
+// whether cur's socket is now connected (also when an error follows).
+func connectSocket(cur *net.UDPConn, peer netip.AddrPort) (conn *net.UDPConn, connected bool, err error) {
 	rc, err := cur.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("raw conn: %w", err)
+		return nil, false, fmt.Errorf("raw conn: %w", err)
 	}
 	dup := -1
 	var cerr error
@@ -241,29 +270,30 @@ func connectSocket(cur *net.UDPConn, peer netip.AddrPort) (*net.UDPConn, error) 
 			cerr = fmt.Errorf("connect to %s: %w", peer, err)
 			return
 		}
+		connected = true
 		dup, cerr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 		if cerr != nil {
 			cerr = fmt.Errorf("dup connected socket: %w", cerr)
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("socket control: %w", err)
+		return nil, connected, fmt.Errorf("socket control: %w", err)
 	}
 	if cerr != nil {
-		return nil, cerr
+		return nil, connected, cerr
 	}
 	f := os.NewFile(uintptr(dup), "udp-stream")
 	pc, err := net.FilePacketConn(f)
 	_ = f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("wrap connected socket: %w", err)
+		return nil, true, fmt.Errorf("wrap connected socket: %w", err)
 	}
 	uc, ok := pc.(*net.UDPConn)
 	if !ok {
 		_ = pc.Close()
-		return nil, fmt.Errorf("wrap connected socket: got %T", pc)
+		return nil, true, fmt.Errorf("wrap connected socket: got %T", pc)
 	}
-	return uc, nil
+	return uc, true, nil
 }
 
 // sockaddr builds the connect(2) address of peer for a socket of domain.

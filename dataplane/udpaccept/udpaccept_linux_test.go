@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packetparamedic/reflector/dataplane/sockopt"
 	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
@@ -339,5 +340,33 @@ func TestNoDescriptorLeak(t *testing.T) {
 	}
 	if after := openFDs(t); after != before {
 		t.Fatalf("open descriptors %d before, %d after", before, after)
+	}
+}
+
+func TestFailedRebindBreaksTheAcceptor(t *testing.T) {
+	a := newAcceptor(t, "127.0.0.1:0", nil)
+	c := dial(t, a, "udp4", nil)
+	failure := errors.New("out of descriptors")
+	rebind = func(context.Context, string) (*net.UDPConn, error) { return nil, failure }
+	t.Cleanup(func() { rebind = sockopt.ListenUDPReusePort })
+
+	before := openFDs(t)
+	send(t, c, "open")
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	if _, _, err := a.AcceptUDP(ctx); !errors.Is(err, failure) {
+		t.Fatalf("AcceptUDP with a failing rebind: %v", err)
+	}
+	if _, _, err := a.AcceptUDP(ctx); !errors.Is(err, failure) {
+		t.Fatalf("AcceptUDP on a broken acceptor: %v, want the rebind error again", err)
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("failed hand-off changed open descriptors %d -> %d", before, after)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.AcceptUDP(ctx); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("AcceptUDP after Close: %v", err)
 	}
 }
