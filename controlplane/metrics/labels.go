@@ -78,19 +78,22 @@ var sessionDenyReasons = []SessionDenyReason{DenyUnauthorized, DenyRateLimited, 
 // EndReason says how a granted session ended.
 type EndReason string
 
-// Session end reasons. The first four match iperf3proto.EndReason values.
+// Session end reasons, spelled as controlplane/session reports them (the
+// audit session_completed reason), so SessionEnded(tt, EndReason(reason))
+// needs no mapping.
 const (
-	EndDone       EndReason = "done"        // the test ran to its end
-	EndClientGone EndReason = "client_gone" // the client disconnected or terminated
-	EndDeadline   EndReason = "deadline"    // the hard deadline cut it
-	EndError      EndReason = "error"       // protocol error or refused parameters
-	EndClosed     EndReason = "closed"      // session_close from the peer
-	EndNeverUsed  EndReason = "never_used"  // the grant expired before the client came
-	EndQuota      EndReason = "quota"       // cut off at the peer's byte quota
-	EndShutdown   EndReason = "shutdown"    // the server drained
+	EndDone          EndReason = "done"           // the test ran to its end
+	EndClientGone    EndReason = "client_gone"    // the iperf3 client disconnected or terminated
+	EndDeadline      EndReason = "deadline"       // the hard deadline cut it
+	EndError         EndReason = "error"          // protocol error or refused parameters
+	EndNoClient      EndReason = "no_client"      // nobody ran the test before the deadline
+	EndClosed        EndReason = "closed"         // session_close from the peer
+	EndPeerGone      EndReason = "peer_gone"      // the control connection closed
+	EndQuotaExceeded EndReason = "quota_exceeded" // cut off at the peer's daily byte quota
+	EndShutdown      EndReason = "shutdown"       // the server drained
 )
 
-var endReasons = []EndReason{EndDone, EndClientGone, EndDeadline, EndError, EndClosed, EndNeverUsed, EndQuota, EndShutdown}
+var endReasons = []EndReason{EndDone, EndClientGone, EndDeadline, EndError, EndNoClient, EndClosed, EndPeerGone, EndQuotaExceeded, EndShutdown}
 
 // Direction is the way bytes moved, seen from the reflector.
 type Direction string
