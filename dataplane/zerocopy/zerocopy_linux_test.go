@@ -3,10 +3,15 @@ package zerocopy
 import (
 	"fmt"
 	"net"
+	"os"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
 // TestFastPathsUsed checks that TCP sockets really take the splice and
@@ -108,4 +113,47 @@ func BenchmarkDiscardSpliceTuning(b *testing.B) {
 			})
 		}
 	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// TestPooledPipesAreClosed runs concurrent Discards (several pipes in the
+// pool) and checks that once the pool is dropped by GC, the pipes'
+// descriptors are closed.
+func TestPooledPipesAreClosed(t *testing.T) {
+	if _, err := devNull(); err != nil {
+		t.Fatal(err)
+	}
+	run := func(streams int) {
+		var wg sync.WaitGroup
+		for range streams {
+			c, s := tcpPair(t)
+			wg.Go(func() {
+				defer func() { _ = s.Close() }()
+				if n, err := Discard(s, nil); err != nil || n != 1<<20 {
+					t.Errorf("Discard = %d, %v", n, err)
+				}
+			})
+			wg.Go(func() {
+				defer func() { _ = c.Close() }()
+				if err := writeN(c, 1<<20); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	before := openFDs(t)
+	run(6)
+	testutil.Eventually(t, 10*time.Second, "pipe descriptors closed after GC", func() bool {
+		runtime.GC()
+		return openFDs(t) <= before
+	})
 }
