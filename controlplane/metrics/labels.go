@@ -18,27 +18,36 @@ const (
 
 var testTypes = []TestType{TestThroughput, TestUDPEcho}
 
-// ConnDenyReason says why a control connection was refused after or during
-// the TLS handshake.
+// ConnDenyReason says why a control connection was refused, spelled as
+// the audit connection_denied reason of controlplane/server, so
+// ConnDenied(ConnDenyReason(reason)) needs no mapping.
 type ConnDenyReason string
 
 // Connection deny reasons.
 const (
-	// ConnUnknownPeer: a valid certificate whose Endpoint ID is neither
-	// authorized nor paired (pairing disabled or no pair_request).
-	ConnUnknownPeer ConnDenyReason = "unknown_peer"
-	// ConnIDMismatch: the certificate's SAN disagrees with its key
-	// (impersonation attempt).
-	ConnIDMismatch ConnDenyReason = "id_mismatch"
-	// ConnRateLimited: too many new connections from one address.
-	ConnRateLimited ConnDenyReason = "rate_limited"
-	// ConnTooMany: the control connection or handshake limit is reached.
-	ConnTooMany ConnDenyReason = "too_many_connections"
+	// ConnNotAuthorized: a valid certificate whose Endpoint ID is neither
+	// authorized nor paired, and no pairing window open.
+	ConnNotAuthorized ConnDenyReason = "not_authorized"
+	// ConnImpersonation: the certificate's SAN names an ID its key does not
+	// have.
+	ConnImpersonation ConnDenyReason = "impersonation"
+	// ConnBadCertificate: the certificate could not be turned into an ID.
+	ConnBadCertificate ConnDenyReason = "bad_certificate"
+	// ConnAddrRateLimited: too many new connections from one address.
+	ConnAddrRateLimited ConnDenyReason = "addr_rate_limited"
+	// ConnLimit: max_control_connections reached.
+	ConnLimit ConnDenyReason = "conn_limit"
+	// ConnHandshakeLimit: max_handshakes in progress reached.
+	ConnHandshakeLimit ConnDenyReason = "handshake_limit"
+	// ConnHandshakeFailed: the TLS handshake failed (kind in
+	// reflector_tls_handshake_failures_total).
+	ConnHandshakeFailed ConnDenyReason = "handshake_failed"
 	// ConnDraining: the server is shutting down.
 	ConnDraining ConnDenyReason = "draining"
 )
 
-var connDenyReasons = []ConnDenyReason{ConnUnknownPeer, ConnIDMismatch, ConnRateLimited, ConnTooMany, ConnDraining}
+var connDenyReasons = []ConnDenyReason{ConnNotAuthorized, ConnImpersonation, ConnBadCertificate, ConnAddrRateLimited,
+	ConnLimit, ConnHandshakeLimit, ConnHandshakeFailed, ConnDraining}
 
 // HandshakeFailure classifies a failed TLS handshake.
 type HandshakeFailure string

@@ -37,7 +37,7 @@ func scrape(t *testing.T, m *Metrics) string {
 
 func exercise(m *Metrics) {
 	m.ConnAccepted()
-	m.ConnDenied(ConnUnknownPeer)
+	m.ConnDenied(ConnNotAuthorized)
 	m.HandshakeFailed(HandshakeTimeout)
 	m.SessionGranted(TestThroughput)
 	m.SessionGranted(TestUDPEcho)
@@ -63,7 +63,7 @@ func TestCountersMove(t *testing.T) {
 		want float64
 	}{
 		{"connections_accepted", testutil.ToFloat64(m.connAccepted), 1},
-		{"connections_denied unknown_peer", testutil.ToFloat64(m.connDenied.WithLabelValues("unknown_peer")), 1},
+		{"connections_denied not_authorized", testutil.ToFloat64(m.connDenied.WithLabelValues("not_authorized")), 1},
 		{"handshake timeout", testutil.ToFloat64(m.handshakeFailed.WithLabelValues("timeout")), 1},
 		{"granted throughput", testutil.ToFloat64(m.sessionsGranted.WithLabelValues("throughput")), 1},
 		{"denied busy throughput", testutil.ToFloat64(m.sessionsDenied.WithLabelValues("busy", "throughput")), 1},
