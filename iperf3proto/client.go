@@ -555,6 +555,9 @@ func (c *client) applySockopts(st *stream) {
 		}
 	}
 	if p.UDP {
+		if p.Window == 0 && !st.sender {
+			setUDPRecvBuffer(st.conn)
+		}
 		return
 	}
 	if tc, ok := st.conn.(*net.TCPConn); ok && p.NoDelay {

@@ -118,3 +118,16 @@ func (p *payload) close() {
 		p.sf.close()
 	}
 }
+
+// udpRecvBuffer is the receive buffer asked for on UDP receivers when the
+// client sets no window: a few milliseconds of scheduling delay must not
+// turn into loss the network did not cause (the kernel caps it at
+// net.core.rmem_max).
+const udpRecvBuffer = 4 << 20
+
+// setUDPRecvBuffer enlarges a UDP receiver's socket buffer, best effort.
+func setUDPRecvBuffer(c net.Conn) {
+	if u, ok := c.(interface{ SetReadBuffer(int) error }); ok {
+		_ = u.SetReadBuffer(udpRecvBuffer)
+	}
+}

@@ -745,6 +745,9 @@ func (t *test) applySockopts(st *stream) error {
 		}
 	}
 	if p.UDP {
+		if p.Window == 0 && !st.sender {
+			setUDPRecvBuffer(st.conn)
+		}
 		if p.FQRate > 0 && st.sender {
 			if err := setPacingRate(st.conn, p.FQRate/8); err != nil {
 				t.log.Debug().Err(err).Msg("iperf3: fq pacing not applied")

@@ -12,7 +12,6 @@ import (
 // splicePipeSize is the pipe capacity asked for (the kernel may grant less).
 const splicePipeSize = 1 << 20
 
-
 // spliceDiscard moves everything conn receives into /dev/null with
 // splice(2) (socket -> pipe -> /dev/null, no copy to user space), calling
 // onBytes per chunk. A lowat above 1 sets SO_RCVLOWAT so that each wakeup
