@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/packetparamedic/reflector/internal/buildinfo"
 )
 
 // Dialer opens the client's connections: the control connection and each
@@ -151,7 +153,7 @@ func (cfg ClientConfig) params() Params {
 		Window: cfg.Window, Len: cfg.BlockLen, Bandwidth: cfg.Bandwidth, Title: cfg.Title,
 		Congestion: cfg.Congestion, GetServerOutput: cfg.GetServerOutput,
 		UDPCounters64Bit: cfg.UDP64, RepeatingPayload: cfg.RepeatingPayload, ZeroCopy: cfg.ZeroCopy,
-		PacingTimer: 1000, ClientVersion: "3.12",
+		PacingTimer: 1000, ClientVersion: "reflector " + buildinfo.Version,
 	}
 	if p.Len == 0 {
 		p.Len = p.BlockLen()

@@ -265,7 +265,8 @@ type test struct {
 	wg      sync.WaitGroup
 
 	streams []*stream
-	stop    chan struct{}
+	stop    chan struct{} // closed to stop senders
+	quit    chan struct{} // closed when the test is torn down
 	out     *serverOutput
 	pl      *payload
 	lim     *sendLimit
@@ -287,6 +288,7 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 		log:   s.cfg.Logger.With().Str("remote", remote.String()).Logger(),
 		conns: make(chan net.Conn),
 		stop:  make(chan struct{}),
+		quit:  make(chan struct{}),
 	}
 	res := &TestResult{Remote: remote}
 	hard := s.cfg.Deadline
@@ -302,6 +304,7 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 	t.wg.Add(1)
 	go t.acceptLoop(testCtx, ln)
 	defer func() {
+		close(t.quit)
 		cancel()
 		cancelHard()
 		_ = ctrl.Close()
@@ -704,7 +707,11 @@ func (t *test) readControl(out chan<- ctrlMsg) {
 	defer t.wg.Done()
 	for {
 		st, err := readState(t.ctrl)
-		out <- ctrlMsg{state: st, err: err}
+		select {
+		case out <- ctrlMsg{state: st, err: err}:
+		case <-t.quit:
+			return
+		}
 		if err != nil || st == TestEnd || st == ClientTerminate {
 			return
 		}

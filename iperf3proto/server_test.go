@@ -1,6 +1,7 @@
 package iperf3proto
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -156,6 +157,19 @@ func TestServerTruncatedAndBadState(t *testing.T) {
 		}
 		r.write([]byte{99})
 		if res := ts.result(t); res.EndReason != EndError || !errors.Is(res.Err, ErrBadState) {
+			t.Errorf("end %s err %v", res.EndReason, res.Err)
+		}
+	})
+	t.Run("state flood while setting up", func(t *testing.T) {
+		ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
+		r := dialRaw(t, ts.port, "")
+		r.cookie()
+		r.params(`{"tcp":true,"time":1,"parallel":1,"len":1000}`)
+		if st := r.state(); st != CreateStreams {
+			t.Fatalf("state %v", st)
+		}
+		r.write(bytes.Repeat([]byte{byte(TestStart)}, 64))
+		if res := ts.result(t); res.EndReason != EndError {
 			t.Errorf("end %s err %v", res.EndReason, res.Err)
 		}
 	})
