@@ -50,8 +50,9 @@ type Acceptor struct {
 	broken error // set when a hand-off left no listening socket
 }
 
-// Dropped returns how many datagrams from senders that allow rejected were
-// thrown away.
+// Dropped returns how many datagrams were thrown away: those from senders
+// allow rejected, and queued strays beyond the bound kept for later
+// streams.
 func (a *Acceptor) Dropped() uint64 { return a.dropped.Load() }
 
 // Addr returns the address the acceptor listens on, with the port the
