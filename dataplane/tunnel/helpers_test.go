@@ -33,35 +33,25 @@ func testTLS(t testing.TB) (server, client *tls.Config) {
 // tlsPair returns the two ends of a loopback mTLS connection, handshake done.
 func tlsPair(t testing.TB, srvConf, cliConf *tls.Config) (srv, cli *tls.Conn) {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", srvConf)
-	if err != nil {
+	return tlsPairOver(t, srvConf, cliConf, func(c net.Conn) net.Conn { return c })
+}
+
+// tlsPairOver is tlsPair with both TCP connections wrapped by wrap.
+func tlsPairOver(t testing.TB, srvConf, cliConf *tls.Config, wrap func(net.Conn) net.Conn) (srv, cli *tls.Conn) {
+	t.Helper()
+	a, b := tcpPair(t)
+	srv = tls.Server(wrap(b), srvConf)
+	cli = tls.Client(wrap(a), cliConf)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Handshake() }()
+	if err := cli.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = ln.Close() }()
-	type res struct {
-		c   *tls.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			ch <- res{nil, err}
-			return
-		}
-		tc := c.(*tls.Conn)
-		ch <- res{tc, tc.Handshake()}
-	}()
-	cli, err = tls.Dial("tcp", ln.Addr().String(), cliConf)
-	if err != nil {
+	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { _ = cli.Close(); _ = r.c.Close() })
-	return r.c, cli
+	t.Cleanup(func() { _ = cli.Close(); _ = srv.Close() })
+	return srv, cli
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.

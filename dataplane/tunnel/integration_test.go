@@ -59,7 +59,7 @@ type tunnelServer struct {
 func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	tcpLn, err := tls.Listen("tcp", "127.0.0.1:0", srvConf)
+	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,21 +72,21 @@ func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
 	go func() {
 		defer wg.Done()
 		for {
-			c, err := tcpLn.Accept()
+			raw, err := tcpLn.Accept()
 			if err != nil {
 				return
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				tc := c.(*tls.Conn)
+				tc := tls.Server(NewBatchConn(raw), srvConf)
 				_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
 				if err := tc.HandshakeContext(ctx); err != nil {
-					_ = c.Close()
+					_ = tc.Close()
 					return
 				}
 				_ = tc.SetDeadline(time.Time{})
-				_ = conns.Handoff(ctx, tc)
+				_ = conns.Handoff(ctx, BatchTLS(tc))
 			}()
 		}
 	}()
@@ -139,9 +139,17 @@ type tunnelDialer struct {
 }
 
 func (d *tunnelDialer) DialTCP(ctx context.Context) (net.Conn, error) {
-	var td tls.Dialer
-	td.Config = d.cliConf
-	return td.DialContext(ctx, "tcp", d.ts.tlsAddr)
+	var nd net.Dialer
+	raw, err := nd.DialContext(ctx, "tcp", d.ts.tlsAddr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(NewBatchConn(raw), d.cliConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	return BatchTLS(tc), nil
 }
 
 func (d *tunnelDialer) DialUDP(ctx context.Context) (net.Conn, error) {

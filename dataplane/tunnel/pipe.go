@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,21 @@ func PipeCount(ctx context.Context, a, b net.Conn, c *PipeCounters) (aToB, bToA 
 	return aToB, bToA, firstErr
 }
 
+// maxRecord is the largest TLS record plaintext.
+const maxRecord = 16 << 10
+
+// gatherer returns the BatchConn under a TLS source, or nil.
+func gatherer(src net.Conn) *BatchConn {
+	switch c := src.(type) {
+	case *batchedTLS:
+		return c.raw
+	case *tls.Conn:
+		bc, _ := c.NetConn().(*BatchConn)
+		return bc
+	}
+	return nil
+}
+
 // pump copies src to dst until EOF, then half-closes dst; on an error it
 // calls fail. It returns the bytes copied.
 func pump(dst, src net.Conn, n *atomic.Int64, fail func(error)) int64 {
@@ -80,8 +96,19 @@ func pump(dst, src net.Conn, n *atomic.Int64, fail func(error)) int64 {
 	defer pipeBufs.Put(bp)
 	buf := *bp
 	var total int64
+	gather := gatherer(src)
 	for {
 		nr, rerr := src.Read(buf)
+		// A TLS source yields one record (<= 16 KiB) per Read: while more
+		// bytes already sit in its BatchConn, take further records so the
+		// write below moves up to a whole buffer in one call. The sender
+		// writes whole records, so a buffered byte means the rest of its
+		// record is already on the way.
+		for gather != nil && rerr == nil && nr+maxRecord <= len(buf) && gather.Buffered() > 0 {
+			var m int
+			m, rerr = src.Read(buf[nr:])
+			nr += m
+		}
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			total += int64(nw)

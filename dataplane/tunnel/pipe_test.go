@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -27,9 +28,27 @@ type pipeResult struct {
 
 func newPipeRig(t *testing.T, ctx context.Context) *pipeRig {
 	t.Helper()
+	return newPipeRigOver(t, ctx, false)
+}
+
+// newPipeRigOver builds the rig, with both TLS ends over a BatchConn when
+// batch is set (as the tunnel client and the reflector use them).
+func newPipeRigOver(t *testing.T, ctx context.Context, batch bool) *pipeRig {
+	t.Helper()
 	local, a := tcpPair(t)
 	srvConf, cliConf := testTLS(t)
-	far, b := tlsPair(t, srvConf, cliConf)
+	wrap := func(c net.Conn) net.Conn { return c }
+	if batch {
+		wrap = func(c net.Conn) net.Conn { return NewBatchConn(c) }
+	}
+	farTLS, bTLS := tlsPairOver(t, srvConf, cliConf, wrap)
+	var far, b net.Conn = farTLS, bTLS
+	if batch {
+		far, b = BatchTLS(farTLS), BatchTLS(bTLS)
+		if _, ok := b.(*batchedTLS); !ok {
+			t.Fatal("BatchTLS over a BatchConn did not batch")
+		}
+	}
 	r := &pipeRig{local: local, far: far, done: make(chan pipeResult, 1)}
 	go func() {
 		x, y, err := PipeCount(ctx, a, b, &r.c)
@@ -39,7 +58,13 @@ func newPipeRig(t *testing.T, ctx context.Context) *pipeRig {
 }
 
 func TestPipeBothWaysWithHalfClose(t *testing.T) {
-	r := newPipeRig(t, context.Background())
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) { testPipeBothWays(t, batch) })
+	}
+}
+
+func testPipeBothWays(t *testing.T, batch bool) {
+	r := newPipeRigOver(t, context.Background(), batch)
 	up := make([]byte, 8<<20+13)
 	down := make([]byte, 5<<20+7)
 	_, _ = rand.Read(up)
@@ -57,7 +82,13 @@ func TestPipeBothWaysWithHalfClose(t *testing.T) {
 		errs <- err
 	}()
 	go func() {
-		_, err := r.far.Write(down)
+		// Uneven writes exercise batches below, at and above batchMax.
+		var err error
+		for rest := down; len(rest) > 0 && err == nil; {
+			n := min(len(rest), 1+len(rest)%(3*batchMax/2))
+			_, err = r.far.Write(rest[:n])
+			rest = rest[n:]
+		}
 		if err == nil {
 			err = r.far.(interface{ CloseWrite() error }).CloseWrite()
 		}
@@ -139,5 +170,13 @@ func TestPipeContextEnds(t *testing.T) {
 	_ = r.local.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := r.local.Read(buf); err == nil {
 		t.Fatal("local end still open after cancel")
+	}
+}
+
+func TestBatchTLSWithoutBatchConn(t *testing.T) {
+	srvConf, cliConf := testTLS(t)
+	_, cli := tlsPair(t, srvConf, cliConf)
+	if got := BatchTLS(cli); got != net.Conn(cli) {
+		t.Fatalf("BatchTLS over a plain conn returned %T, want the *tls.Conn itself", got)
 	}
 }

@@ -1,0 +1,155 @@
+package tunnel
+
+import (
+	"context"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+)
+
+// benchChunk is what the application writes per benchmark op, iperf3's
+// default TCP block.
+const benchChunk = 128 << 10
+
+// benchStream writes benchChunk per op into w while a goroutine drains r;
+// it waits for the drain so every op's bytes arrived.
+func benchStream(b *testing.B, w io.Writer, r io.Reader, closeW func()) {
+	b.Helper()
+	buf := make([]byte, benchChunk)
+	done := make(chan int64, 1)
+	go func() {
+		n, _ := io.CopyBuffer(io.Discard, r, make([]byte, PipeBufferSize))
+		done <- n
+	}()
+	b.SetBytes(benchChunk)
+	b.ReportAllocs()
+	var ops int64
+	cpu0 := processCPU(b)
+	for b.Loop() {
+		if _, err := w.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		ops++
+	}
+	closeW()
+	if n := <-done; n != ops*benchChunk {
+		b.Fatalf("received %d bytes, sent %d", n, ops*benchChunk)
+	}
+	// CPU time per KiB moved is what matters on a shared machine, where
+	// wall-clock throughput depends on the neighbours.
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(ops*benchChunk>>10), "cpu-ns/KiB")
+}
+
+// processCPU returns the process's user+system CPU time in ns.
+func processCPU(b *testing.B) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkRawTCP is the baseline: loopback TCP, no TLS, no pipe.
+func BenchmarkRawTCP(b *testing.B) {
+	w, r := tcpPair(b)
+	benchStream(b, w, r, func() { _ = w.CloseWrite() })
+}
+
+// BenchmarkTLS is one loopback mTLS connection, no pipe: the cost of the
+// encryption alone.
+func BenchmarkTLS(b *testing.B) {
+	srvConf, cliConf := testTLS(b)
+	r, w := tlsPair(b, srvConf, cliConf)
+	benchStream(b, w, r, func() { _ = w.CloseWrite() })
+}
+
+func batched(c net.Conn) net.Conn { return NewBatchConn(c) }
+
+// BenchmarkPipeTLSUploadBatched is BenchmarkPipeTLSUpload with both TLS
+// ends over a BatchConn (one write per Pipe chunk instead of per record).
+func BenchmarkPipeTLSUploadBatched(b *testing.B) {
+	app, a := tcpPair(b)
+	srvConf, cliConf := testTLS(b)
+	far, tb := tlsPairOver(b, srvConf, cliConf, batched)
+	pipeDone := make(chan struct{})
+	go func() {
+		defer close(pipeDone)
+		_, _, _ = Pipe(context.Background(), a, BatchTLS(tb))
+	}()
+	benchStream(b, app, far, func() { _ = app.CloseWrite() })
+	_ = app.Close()
+	_ = far.Close()
+	<-pipeDone
+}
+
+// BenchmarkPipeTLSDownloadBatched is BenchmarkPipeTLSDownload with both
+// TLS ends over a BatchConn.
+func BenchmarkPipeTLSDownloadBatched(b *testing.B) {
+	app, a := tcpPair(b)
+	srvConf, cliConf := testTLS(b)
+	far, tb := tlsPairOver(b, srvConf, cliConf, batched)
+	pipeDone := make(chan struct{})
+	go func() {
+		defer close(pipeDone)
+		_, _, _ = Pipe(context.Background(), a, BatchTLS(tb))
+	}()
+	farB := BatchTLS(far)
+	benchStream(b, farB, app, func() { _ = far.CloseWrite() })
+	_ = app.Close()
+	_ = far.Close()
+	<-pipeDone
+}
+
+// BenchmarkPipeTLSUpload is the appliance side of a tunneled upload: the
+// application writes to a local TCP connection, Pipe encrypts it onto a
+// TLS connection, the reflector end reads and decrypts. All on this
+// machine, so both TLS ends cost CPU here.
+func BenchmarkPipeTLSUpload(b *testing.B) {
+	app, a := tcpPair(b)
+	srvConf, cliConf := testTLS(b)
+	far, tb := tlsPair(b, srvConf, cliConf)
+	pipeDone := make(chan struct{})
+	go func() {
+		defer close(pipeDone)
+		_, _, _ = Pipe(context.Background(), a, tb)
+	}()
+	benchStream(b, app, far, func() { _ = app.CloseWrite() })
+	_ = app.Close()
+	_ = far.Close()
+	<-pipeDone
+}
+
+// BenchmarkPipeTLSDownload is the reverse (iperf3 -R): the reflector end
+// encrypts, Pipe decrypts onto the local TCP connection.
+func BenchmarkPipeTLSDownload(b *testing.B) {
+	app, a := tcpPair(b)
+	srvConf, cliConf := testTLS(b)
+	far, tb := tlsPair(b, srvConf, cliConf)
+	pipeDone := make(chan struct{})
+	go func() {
+		defer close(pipeDone)
+		_, _, _ = Pipe(context.Background(), a, tb)
+	}()
+	benchStream(b, far, app, func() { _ = far.CloseWrite() })
+	_ = app.Close()
+	_ = far.Close()
+	<-pipeDone
+}
+
+// BenchmarkPipeTCP is Pipe between two plain TCP connections: the pump's
+// own cost without TLS.
+func BenchmarkPipeTCP(b *testing.B) {
+	app, a := tcpPair(b)
+	bb, far := tcpPair(b)
+	pipeDone := make(chan struct{})
+	go func() {
+		defer close(pipeDone)
+		_, _, _ = Pipe(context.Background(), a, bb)
+	}()
+	benchStream(b, app, far, func() { _ = app.CloseWrite() })
+	_ = app.Close()
+	_ = far.Close()
+	<-pipeDone
+}
+
