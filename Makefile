@@ -8,7 +8,7 @@ BIN       := bin/reflector
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME  ?= 10s
 
-.PHONY: all build run test test-short lint fuzz bench bench-compare clean
+.PHONY: all build run test test-short stress lint fuzz bench bench-compare clean
 
 all: build
 
@@ -23,6 +23,11 @@ run:
 ## test: the full suite with the race detector (what CI runs).
 test:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+## stress: the heavy hardening tests (floods, 1,000 idle peers, SIGKILL, full
+## disk, 200 sessions); no race detector, which would distort the load.
+stress:
+	$(GO) test -tags stress -count=1 -timeout 15m -v ./stress/...
 
 ## test-short: quick run without the race detector and without long interop cases.
 test-short:

@@ -1,0 +1,6 @@
+// Package stress holds the reflector's heavy hardening tests: load held by
+// a thousand idle peers, connection and handshake floods, SIGKILL during
+// state writes, the audit log on a full filesystem, and two hundred data
+// plane sessions that must leave nothing open. They are behind the build
+// tag `stress` (`make stress`); docs/SECURITY.md says what each proves.
+package stress
