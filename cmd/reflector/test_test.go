@@ -22,7 +22,7 @@ func testHarness(t *testing.T, mode string) (*servertest.Harness, string) {
 	t.Helper()
 	h := servertest.Start(t, func(c *config.Config) {
 		c.Network.Mode = mode
-		base := 20000 + rand.IntN(40000)
+		base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
 		c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 	}, server.Options{NewSessions: session.NewSessions})
 	keyPath := filepath.Join(t.TempDir(), "client.ed25519")

@@ -61,6 +61,7 @@ type rangePorts struct {
 	n      int
 	inUse  map[int]bool
 	leased int
+	last   int // the port leased last
 }
 
 func (p *rangePorts) Acquire(try func(int) error) (int, error) {
@@ -77,6 +78,7 @@ func (p *rangePorts) Acquire(try func(int) error) (int, error) {
 		}
 		p.inUse[port] = true
 		p.leased++
+		p.last = port
 		return port, nil
 	}
 	return 0, last
@@ -111,7 +113,7 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 	cfg.State.Dir = t.TempDir()
 	cfg.Network.ListenAddress = "127.0.0.1:0"
 	cfg.Network.Mode = config.ModeDirectEphemeral
-	base := 20000 + rand.IntN(40000)
+	base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
 	cfg.Network.DataPortRangeStart, cfg.Network.DataPortRangeEnd = base, base+9
 	if tweak != nil {
 		tweak(cfg)
@@ -480,7 +482,10 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if f.ports.leased != 1 || f.ports.busy() != 0 {
 		t.Fatalf("port leased %d, busy %d: want it opened and released", f.ports.leased, f.ports.busy())
 	}
-	if !refused(f.cfg.Network.DataPortRangeStart) {
+	f.ports.mu.Lock()
+	port := f.ports.last
+	f.ports.mu.Unlock()
+	if !refused(port) {
 		t.Fatal("the port is still listening")
 	}
 	f.audit.failGrant = false

@@ -29,7 +29,7 @@ func ptr[T any](v T) *T { return &v }
 // directEdit switches a harness to direct_ephemeral with a random range.
 func directEdit(c *config.Config) {
 	c.Network.Mode = config.ModeDirectEphemeral
-	base := 20000 + rand.IntN(40000)
+	base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
 	c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 }
 
