@@ -152,4 +152,3 @@ func BenchmarkPipeTCP(b *testing.B) {
 	_ = far.Close()
 	<-pipeDone
 }
-

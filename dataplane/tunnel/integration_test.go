@@ -54,6 +54,7 @@ func TestEchoProbeOverFlow(t *testing.T) {
 type tunnelServer struct {
 	tlsAddr, quicAddr string
 	result            chan *iperf3proto.TestResult
+	flows             *FlowAcceptor
 }
 
 func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
@@ -105,7 +106,7 @@ func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tunnelServer{tlsAddr: tcpLn.Addr().String(), quicAddr: qln.Addr().String(), result: make(chan *iperf3proto.TestResult, 1)}
+	ts := &tunnelServer{tlsAddr: tcpLn.Addr().String(), quicAddr: qln.Addr().String(), result: make(chan *iperf3proto.TestResult, 1), flows: flows}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -222,6 +223,9 @@ func TestIperf3ThroughTunnel(t *testing.T) {
 			msg := fmt.Sprintf("%s: sent %d received %d bytes, %.1f Mbit/s", tc.name, dir.SentBytes, dir.ReceivedBytes, dir.ReceiverBitsPerSecond()/1e6)
 			if tc.cfg.UDP {
 				msg += fmt.Sprintf(", %d packets, %d lost, jitter %.3f ms", dir.Packets, dir.Lost, dir.Jitter*1e3)
+				if s := ts.flows.Session(); s != nil {
+					msg += fmt.Sprintf(", server tunnel drops %+v", s.Stats())
+				}
 				if dir.Packets == 0 || dir.Lost > dir.Packets/5 {
 					t.Fatalf("UDP through the tunnel: %s", msg)
 				}
