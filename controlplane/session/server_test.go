@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -122,74 +123,147 @@ func TestServerTunneledDefault(t *testing.T) {
 	}
 }
 
-// TestServerKill9KeepsQuota runs the built binary, uses up a small daily
-// byte budget, kills the server with SIGKILL and checks that a restarted
-// server still refuses with quota_exceeded.
-func TestServerKill9KeepsQuota(t *testing.T) {
-	bin := testutil.LookBinary(t, "iperf3")
-	exe := filepath.Join(t.TempDir(), "reflector")
-	if out, err := exec.Command("go", "build", "-o", exe, "../../cmd/reflector").CombinedOutput(); err != nil {
+// binServer runs the built reflector binary as a process.
+type binServer struct {
+	t                  *testing.T
+	exe, cfgPath, addr string
+	dir                string
+	key                ed25519.PrivateKey
+}
+
+// newBinServer builds the binary and writes a direct_ephemeral
+// configuration (edited by edit) that authorizes a fresh client key.
+func newBinServer(t *testing.T, edit func(*config.Config)) *binServer {
+	t.Helper()
+	b := &binServer{t: t, exe: filepath.Join(t.TempDir(), "reflector"), dir: servertest.StateDir(t), key: servertest.NewKey(t)}
+	if out, err := exec.Command("go", "build", "-o", b.exe, "../../cmd/reflector").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	dir := servertest.StateDir(t)
-	key := servertest.NewKey(t)
-	cfg := servertest.Config(dir)
+	cfg := servertest.Config(b.dir)
 	directEdit(cfg)
-	cfg.Quotas.MaxBytesPerDayPerPeer = 20_000_000
-	cfg.Access.AuthorizedPeers = []string{servertest.ID(key).String()}
+	cfg.Access.AuthorizedPeers = []string{servertest.ID(b.key).String()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	b.addr = ln.Addr().String()
 	_ = ln.Close()
-	cfg.Network.ListenAddress = addr
-	cfgPath := filepath.Join(dir, "reflector.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg.TOML()), 0o600); err != nil {
+	cfg.Network.ListenAddress = b.addr
+	if edit != nil {
+		edit(cfg)
+	}
+	b.cfgPath = filepath.Join(b.dir, "reflector.toml")
+	if err := os.WriteFile(b.cfgPath, []byte(cfg.TOML()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start := func() *exec.Cmd {
-		cmd := exec.Command(exe, "serve", "-c", cfgPath)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd
+	return b
+}
+
+// start runs `reflector serve`; the process is killed when the test ends.
+func (b *binServer) start() *exec.Cmd {
+	cmd := exec.Command(b.exe, "serve", "-c", b.cfgPath)
+	if err := cmd.Start(); err != nil {
+		b.t.Fatal(err)
 	}
-	dial := func() *client.Client {
-		var c *client.Client
-		testutil.Eventually(t, 10*time.Second, "server up", func() bool {
-			var err error
-			c, err = client.Dial(t.Context(), addr, key, "")
-			return err == nil
-		})
-		return c
+	b.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
+}
+
+// kill9 ends the process with SIGKILL.
+func (b *binServer) kill9(cmd *exec.Cmd) {
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		b.t.Fatal(err)
 	}
-	cmd := start()
-	c := dial()
+	_ = cmd.Wait()
+}
+
+// dial connects the authorized client once the server listens.
+func (b *binServer) dial() *client.Client {
+	var c *client.Client
+	testutil.Eventually(b.t, 10*time.Second, "server up", func() bool {
+		var err error
+		c, err = client.Dial(b.t.Context(), b.addr, b.key, "")
+		return err == nil
+	})
+	return c
+}
+
+// usage reads the client's accounting from the quota file.
+func (b *binServer) usage() quota.Usage {
+	q, err := quota.Open(filepath.Join(b.dir, "quotas.json"), quota.Limits{MaxTestsPerHour: 10, MaxBytesPerDay: 1})
+	if err != nil {
+		return quota.Usage{}
+	}
+	return q.Peer(servertest.ID(b.key).String(), time.Now())
+}
+
+// TestServerKill9KeepsQuota uses up a small daily byte budget on the built
+// binary, kills the server with SIGKILL and checks that a restarted server
+// still refuses with quota_exceeded.
+func TestServerKill9KeepsQuota(t *testing.T) {
+	bin := testutil.LookBinary(t, "iperf3")
+	b := newBinServer(t, func(c *config.Config) { c.Quotas.MaxBytesPerDayPerPeer = 20_000_000 })
+	cmd := b.start()
+	c := b.dial()
 	g, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{DurationSec: 2, Streams: ptr(1)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = exec.Command(bin, "-c", "127.0.0.1", "-p", strconv.Itoa(g.Port), "-t", "2", "-b", "200M").Run()
-	qf := filepath.Join(dir, "quotas.json")
 	testutil.Eventually(t, 15*time.Second, "quota file records the bytes", func() bool {
-		q, err := quota.Open(qf, quota.Limits{MaxTestsPerHour: 10, MaxBytesPerDay: 1})
-		return err == nil && q.Peer(servertest.ID(key).String(), time.Now()).BytesToday >= 20_000_000
+		return b.usage().BytesToday >= 20_000_000
 	})
 	_ = c.Close()
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = cmd.Wait()
+	b.kill9(cmd)
 
-	start()
-	c = dial()
+	b.start()
+	c = b.dial()
 	defer c.Close()
 	_, err = c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{DurationSec: 2}})
 	var d *client.DeniedError
 	if !errors.As(err, &d) || d.Deny.Reason != link.DenyQuotaExceeded || d.Deny.RetryAfterSec == nil {
 		t.Fatalf("after kill -9 and restart: %v, want quota_exceeded", err)
+	}
+}
+
+// TestServerKill9MidTest kills the server while a test runs: the periodic
+// persistence has already saved the start and most of the bytes, and the
+// restarted server reports them.
+func TestServerKill9MidTest(t *testing.T) {
+	bin := testutil.LookBinary(t, "iperf3")
+	b := newBinServer(t, nil)
+	cmd := b.start()
+	c := b.dial()
+	g, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{DurationSec: 6, Streams: ptr(1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := exec.Command(bin, "-c", "127.0.0.1", "-p", strconv.Itoa(g.Port), "-t", "6", "-b", "100M")
+	if err := ip.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ip.Process.Kill(); _ = ip.Wait() }()
+	var saved quota.Usage
+	testutil.Eventually(t, 5*time.Second, "bytes persisted while the test runs", func() bool {
+		saved = b.usage()
+		return saved.BytesToday > 0
+	})
+	if r, err := c.TestResult(g.TestID); err != nil || r.State != link.StateRunning {
+		t.Fatalf("the test is not running any more (%+v, %v): nothing was persisted mid-test", r, err)
+	}
+	_ = c.Close()
+	b.kill9(cmd)
+
+	b.start()
+	c = b.dial()
+	defer c.Close()
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("persisted before kill -9: %d bytes; restored: %d tests, %d bytes", saved.BytesToday, st.TestsToday, st.BytesToday)
+	if st.TestsToday != 1 || st.BytesToday < uint64(saved.BytesToday) {
+		t.Fatalf("restored status %+v, saved %+v", st, saved)
 	}
 }
 
