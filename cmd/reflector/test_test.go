@@ -138,3 +138,17 @@ func TestParseBitrate(t *testing.T) {
 		}
 	}
 }
+
+func TestReflectorTestExpectID(t *testing.T) {
+	h, keyPath := testHarness(t, config.ModeDirectEphemeral)
+	other := servertest.ID(servertest.NewKey(t)).String()
+	code, _, out := runTestCmd(t, "--peer", h.Addr, "--identity", keyPath, "--expect-id", other, "udp-echo", "-t", "1")
+	if code != exitFail || !strings.Contains(out, other) {
+		t.Fatalf("pinned to another ID: exit %d\n%s", code, out)
+	}
+	// The right ID passes.
+	code, _, out = runTestCmd(t, "--peer", h.Addr, "--identity", keyPath, "--expect-id", h.Server.EndpointID().String(), "udp-echo", "-t", "1", "--rate", "20")
+	if code != 0 {
+		t.Fatalf("pinned to the right ID: exit %d\n%s", code, out)
+	}
+}
