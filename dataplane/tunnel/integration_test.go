@@ -12,39 +12,57 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/dataplane/echo"
+	"github.com/packetparamedic/reflector/internal/testutil"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
-// echoFlow answers every datagram of f with itself until f fails.
-func echoFlow(f net.Conn) {
-	buf := make([]byte, 2048)
-	for {
-		n, err := f.Read(buf)
-		if err != nil {
-			return
-		}
-		if _, err := f.Write(buf[:n]); err != nil {
-			return
-		}
-	}
-}
-
 func TestEchoProbeOverFlow(t *testing.T) {
 	cli, srv := attached(t)
-	go echoFlow(srv.Flow(0))
+	e := NewFlowEcho(srv.Flow(0), echo.Config{Timestamped: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	res, err := echo.Probe(ctx, cli.Flow(0), echo.ProbeConfig{Rate: 1000, Size: 200, Count: 500}, nil)
+	served := make(chan error, 1)
+	go func() { served <- e.Serve(ctx) }()
+	res, err := echo.Probe(ctx, cli.Flow(0), echo.ProbeConfig{Rate: 1000, Size: 200, Count: 500, Timestamped: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Sent != 500 || res.Received == 0 || res.Corrupt != 0 || res.Duplicates != 0 {
+	if res.Sent != 500 || res.Received == 0 || res.Corrupt != 0 || res.Duplicates != 0 || res.ServerTime <= 0 {
 		t.Fatalf("probe over a QUIC flow: %+v", res)
 	}
 	if res.Lost > res.Sent/10 {
 		t.Fatalf("%d of %d lost on loopback", res.Lost, res.Sent)
 	}
+	st := e.Stats()
+	if st.Echoed < res.Received || st.Echoed > res.Sent || st.Received != st.Echoed || st.Bytes != st.Echoed*200 {
+		t.Fatalf("engine stats %+v vs probe %+v", st, res)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
 	t.Logf("echo over QUIC flow: %d/%d, RTT p50 %v p99 %v", res.Received, res.Sent, res.RTTP50, res.RTTP99)
+}
+
+func TestFlowEchoClamp(t *testing.T) {
+	cli, srv := attached(t)
+	e := NewFlowEcho(srv.Flow(0), echo.Config{MaxPPS: 100})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() { _ = e.Serve(ctx) }()
+	res, err := echo.Probe(ctx, cli.Flow(0), echo.ProbeConfig{Rate: 2000, Size: 64, Count: 1000, Timeout: 200 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "engine accounts for every datagram", func() bool {
+		st := e.Stats()
+		return st.Received > 0 && st.Received == st.Echoed+st.DroppedRate+st.SendErrors
+	})
+	st := e.Stats()
+	// 0.5 s at 2000 pps against a 100 pps clamp with a 10-datagram burst.
+	if st.DroppedRate == 0 || st.Echoed > 200 || res.Received != st.Echoed {
+		t.Fatalf("clamp: engine %+v, probe received %d", st, res.Received)
+	}
 }
 
 // tunnelServer is the server side of a tunneled test as the session
