@@ -9,8 +9,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/controlplane/session"
+	"github.com/packetparamedic/reflector/internal/buildinfo"
 )
 
 func runServe(e *env, args []string) error {
@@ -48,7 +50,10 @@ func runServe(e *env, args []string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	srv, err := server.New(cfg, server.Options{Logger: log, Source: src, NewSessions: session.NewSessions})
+	srv, err := server.New(cfg, server.Options{
+		Logger: log, Source: src, NewSessions: session.NewSessions,
+		Metrics: metrics.New(buildinfo.Version, buildinfo.CommitHash()),
+	})
 	if err != nil {
 		return err
 	}

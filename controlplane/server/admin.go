@@ -9,6 +9,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/admin"
 	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
@@ -81,6 +82,7 @@ func (s *Server) handleAdmin(_ context.Context, req admin.Request) (any, error) 
 			return nil, err
 		}
 		if removed {
+			s.metrics.PairingEvent(metrics.PairingRemoved)
 			s.writeAudit(s.log, audit.Event{EventType: audit.PeerRemoved, PeerID: id.String(), Decision: "removed", Reason: "admin"})
 			s.log.Info().Str("peer_id", id.String()).Msg("peer removed by the operator")
 		}

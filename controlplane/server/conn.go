@@ -16,6 +16,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
@@ -73,6 +74,8 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		addr := addrPort(nc.RemoteAddr())
 		if !s.limiter.allow(addr.Addr(), time.Now()) {
 			s.stats.addrLimited.Add(1)
+			s.metrics.ConnDenied(metrics.ConnAddrRateLimited)
+			s.metrics.RateLimited(metrics.LimitNewConns)
 			s.denials.drop(addr.Addr(), ReasonAddrRateLimited, s.now())
 			_ = nc.Close()
 			continue
@@ -81,17 +84,20 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		switch {
 		case s.shutdown:
 			s.mu.Unlock()
+			s.metrics.ConnDenied(metrics.ConnDraining)
 			_ = nc.Close()
 			return
 		case s.active >= s.cfg.Limits.MaxControlConnections:
 			s.mu.Unlock()
 			s.stats.connLimit.Add(1)
+			s.metrics.ConnDenied(metrics.ConnLimit)
 			s.denials.drop(addr.Addr(), ReasonConnLimit, s.now())
 			_ = nc.Close()
 			continue
 		case s.handshake >= s.cfg.Limits.MaxHandshakes:
 			s.mu.Unlock()
 			s.stats.hsLimit.Add(1)
+			s.metrics.ConnDenied(metrics.ConnHandshakeLimit)
 			s.denials.drop(addr.Addr(), ReasonHandshakeLimit, s.now())
 			_ = nc.Close()
 			continue
@@ -141,6 +147,8 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	s.mu.Unlock()
 	if err != nil {
 		s.stats.hsFailed.Add(1)
+		s.metrics.HandshakeFailed(metrics.ClassifyHandshake(err))
+		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
 		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
 		log.Debug().Err(err).Msg("TLS handshake failed")
 		return
@@ -148,6 +156,8 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	peerCerts := tc.ConnectionState().PeerCertificates
 	if len(peerCerts) == 0 {
 		s.stats.hsFailed.Add(1)
+		s.metrics.HandshakeFailed(metrics.HandshakeNoClientCert)
+		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
 		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
 		return
 	}
@@ -161,6 +171,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 			ev.PeerID = san.Actual.String()
 			ev.Details = map[string]any{"claimed_id": san.Claimed, "key_id": san.Actual.String()}
 		}
+		s.metrics.ConnDenied(metrics.ConnDenyReason(ev.Reason))
 		s.auditDenial(log, addr, ev)
 		log.Warn().Err(err).Str("reason", ev.Reason).Msg("connection denied")
 		return
@@ -172,6 +183,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	if !authorized {
 		if open, _ := s.pairing.Active(); !open {
 			s.stats.denied.Add(1)
+			s.metrics.ConnDenied(metrics.ConnNotAuthorized)
 			s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: ReasonNotAuthorized})
 			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
 			return
@@ -179,6 +191,7 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 		pairingOnly = true
 	}
 	s.stats.accepted.Add(1)
+	s.metrics.ConnAccepted()
 	ev := audit.Event{EventType: audit.ConnectionAccepted, PeerID: id.String(), PeerAddr: addr.String(), Decision: "accepted"}
 	if pairingOnly {
 		ev.Decision, ev.Reason = "pairing_only", "pairing window open"
@@ -253,6 +266,7 @@ func (s *Server) countFrame(c *serverConn) bool {
 	c.frames++
 	if !c.bucket.take(time.Now()) {
 		s.stats.frameRate.Add(1)
+		s.metrics.RateLimited(metrics.LimitFrames)
 		c.log.Warn().Int("max_frames_per_sec", s.cfg.Limits.MaxFramesPerSec).Msg("closing connection: frame rate exceeded")
 		return false
 	}
@@ -284,6 +298,9 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 	case *link.GetPathMeta:
 		return s.reply(c, reqID, s.pathMeta())
 	case *link.SessionRequest:
+		if s.draining.Load() {
+			return s.reply(c, reqID, s.denyDraining(c, *m))
+		}
 		return s.reply(c, reqID, s.sessions.Request(c.ctx, c.peer, *m))
 	case *link.SessionClose:
 		return s.reply(c, reqID, s.sessions.Close(c.peer, m.TestID))
@@ -300,6 +317,28 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 	return s.reply(c, reqID, &link.Error{Code: link.CodeUnexpected, Message: "unexpected message " + msg.MessageType()})
 }
 
+// drainRetryMargin is added to the rest of the grace period in the retry
+// hint of a request refused while draining: roughly a restart.
+const drainRetryMargin = 10 * time.Second
+
+// denyDraining refuses a session request while the server drains: busy,
+// with a retry hint past the end of the grace period.
+func (s *Server) denyDraining(c *serverConn, req link.SessionRequest) *link.SessionDeny {
+	s.mu.Lock()
+	left := s.drainEnd.Sub(s.now())
+	s.mu.Unlock()
+	retry := int((max(left, 0) + drainRetryMargin + time.Second - 1) / time.Second)
+	const msg = "the reflector is shutting down"
+	s.metrics.SessionDenied(metrics.DenyBusy, metrics.TestType(req.TestType))
+	s.writeAudit(c.log, audit.Event{
+		EventType: audit.SessionDenied, PeerID: c.peer.ID.String(), PeerAddr: c.peer.Addr.String(),
+		TestType: req.TestType, Params: req.Params, Decision: "denied", Reason: string(link.DenyBusy),
+		Details: map[string]any{"message": msg, "retry_after_sec": retry},
+	})
+	c.log.Info().Int("retry_after_sec", retry).Msg("session denied: draining")
+	return &link.SessionDeny{Reason: link.DenyBusy.ForAppliance(), Message: msg, RetryAfterSec: &retry}
+}
+
 // auditDenial writes a connection_denied event in full when it is the
 // first of its source in the current interval, and otherwise only counts
 // it for the source's rate_limited summary.
@@ -311,6 +350,7 @@ func (s *Server) auditDenial(log zerolog.Logger, addr netip.AddrPort, ev audit.E
 
 func (s *Server) writeAudit(log zerolog.Logger, ev audit.Event) {
 	if err := s.audit.Write(ev); err != nil {
+		s.metrics.AuditWriteFailed()
 		log.Error().Err(err).Str("event", string(ev.EventType)).Msg("audit log write failed")
 	}
 }
@@ -418,10 +458,15 @@ func (s *Server) pair(c *serverConn, token string) *link.PairResponse {
 		return err
 	})
 	if err != nil {
+		if errors.Is(err, pairing.ErrBadToken) || errors.Is(err, pairing.ErrTooManyFailures) ||
+			errors.Is(err, pairing.ErrExpired) || errors.Is(err, pairing.ErrNoWindow) {
+			s.metrics.PairingEvent(metrics.PairingRejected)
+		}
 		c.log.Warn().Err(err).Msg("pairing failed")
 		return &link.PairResponse{Success: false, Message: pairFailure(err)}
 	}
 	c.pairing = false
+	s.metrics.PairingEvent(metrics.PairingPaired)
 	s.writeAudit(c.log, audit.Event{EventType: audit.PeerPaired, PeerID: c.peer.ID.String(), PeerAddr: c.peer.Addr.String(), Decision: "accepted"})
 	c.log.Info().Msg("peer paired")
 	return &link.PairResponse{Success: true, Message: "paired", EndpointID: &ours}

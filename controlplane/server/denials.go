@@ -170,6 +170,7 @@ func (s *Server) runDenialFlusher(interval time.Duration) {
 
 func (s *Server) flushDenials() {
 	if err := s.denials.flush(s.now()); err != nil {
+		s.metrics.AuditWriteFailed()
 		s.log.Error().Err(err).Msg("audit log write failed (denial summary)")
 	}
 }

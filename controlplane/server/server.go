@@ -24,8 +24,10 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
+	"github.com/packetparamedic/reflector/internal/buildinfo"
 )
 
 // DefaultPairingTTL is how long the window opened by pairing_enabled = true
@@ -53,6 +55,10 @@ type Options struct {
 	// in the audit log (one rate_limited line per source); zero means
 	// DefaultDenialAuditInterval.
 	DenialAuditInterval time.Duration
+	// Metrics receives the server's and the session manager's counters;
+	// nil counts nothing. The [metrics] listener serves it when
+	// configured.
+	Metrics *metrics.Metrics
 }
 
 // Stats counts connection outcomes since the server started.
@@ -92,6 +98,10 @@ type Server struct {
 	limiter  *addrLimiter
 	denials  *denialAggregator
 	stats    counters
+	metrics  *metrics.Metrics
+	// draining is set at the start of Shutdown: /health fails, session
+	// requests are refused with a retry hint, running tests may finish.
+	draining atomic.Bool
 
 	denialInterval time.Duration
 
@@ -101,10 +111,13 @@ type Server struct {
 	mu        sync.Mutex
 	ln        net.Listener
 	admin     *admin.Server
+	httpAddr  net.Addr
+	stopHTTP  context.CancelFunc
 	started   time.Time
 	conns     map[uint64]*serverConn
 	nextID    uint64
 	shutdown  bool
+	drainEnd  time.Time // when the drain's grace period ends
 	active    int
 	handshake int
 
@@ -136,6 +149,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		idleTimeout:      seconds(cfg.Limits.IdleTimeoutSec, 300),
 		limiter:          newAddrLimiter(cfg.Limits.NewConnsPerSecPerAddr, cfg.Limits.NewConnsBurstPerAddr),
 		denialInterval:   opts.DenialAuditInterval,
+		metrics:          opts.Metrics,
 	}
 	if s.denialInterval <= 0 {
 		s.denialInterval = DefaultDenialAuditInterval
@@ -182,6 +196,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 			AuditHealthy: s.AuditHealthy,
 			Logger:       s.log,
 			Now:          now,
+			Metrics:      opts.Metrics,
 		})
 		if err != nil {
 			_ = s.audit.Close()
@@ -268,12 +283,28 @@ func (s *Server) Start(ctx context.Context) error {
 		_ = ln.Close()
 		return err
 	}
+	// The /metrics and /health listener outlives the drain (it reports
+	// it) and stops last in Shutdown.
+	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	var httpAddr net.Addr
+	if addr := s.cfg.Metrics.ListenAddress; addr != "" {
+		if httpAddr, err = metrics.Serve(httpCtx, addr, metrics.NewHandler(s.metrics, s.Health)); err != nil {
+			stopHTTP()
+			_ = ln.Close()
+			_ = adm.Close()
+			return err
+		}
+	}
 	s.mu.Lock()
 	s.ln, s.admin, s.started = ln, adm, s.now()
+	s.httpAddr, s.stopHTTP = httpAddr, stopHTTP
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.Unlock()
 
 	s.banner(ln.Addr())
+	if httpAddr != nil {
+		s.log.Info().Str("listen", httpAddr.String()).Msg("serving /metrics and /health")
+	}
 	if s.cfg.Access.PairingEnabled {
 		if _, err := s.openPairing(DefaultPairingTTL, "config"); err != nil {
 			s.log.Error().Err(err).Msg("could not open the start-up pairing window")
@@ -301,6 +332,60 @@ func (s *Server) banner(addr net.Addr) {
 		Str("config", src).
 		Int("authorized_peers", len(s.peers.List())).
 		Msg("reflector serving pp-link/1")
+}
+
+// MetricsAddr returns the bound address of the /metrics and /health
+// listener, or nil when [metrics] listen_address is empty or before Start.
+func (s *Server) MetricsAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.httpAddr
+}
+
+// Draining reports whether Shutdown has started.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Health is the body of GET /health: audit log and identity state, the
+// drain flag, uptime and load averages.
+func (s *Server) Health() metrics.Health {
+	h := metrics.Health{
+		Version:    buildinfo.Version,
+		EndpointID: s.id.String(),
+		UptimeSec:  int64(s.Uptime() / time.Second),
+		AuditOK:    true,
+		IdentityOK: true,
+		Draining:   s.draining.Load(),
+	}
+	if err := s.audit.Health(); err != nil {
+		h.AuditOK = false
+		h.Problems = append(h.Problems, "audit log: "+err.Error())
+	}
+	if err := s.identityHealth(); err != nil {
+		h.IdentityOK = false
+		h.Problems = append(h.Problems, "identity: "+err.Error())
+	}
+	if h.Draining {
+		h.Problems = append(h.Problems, "shutting down")
+	}
+	// Snapshot returns what it could read; a missing load average is 0.
+	snap, _ := s.sampler.Snapshot()
+	h.Load = snap.LoadAvg
+	return h
+}
+
+// identityHealth checks that the server's certificate is valid now.
+func (s *Server) identityHealth() error {
+	leaf := s.cert.Leaf
+	now := s.now()
+	switch {
+	case leaf == nil || s.key == nil:
+		return errors.New("no certificate loaded")
+	case now.Before(leaf.NotBefore):
+		return fmt.Errorf("certificate not valid before %s (check the clock)", leaf.NotBefore.UTC().Format(time.RFC3339))
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Uptime is the time since Start.
@@ -334,9 +419,14 @@ func (s *Server) Reload(cfg *config.Config) error {
 	return errors.Join(errs...)
 }
 
-// Shutdown stops accepting, closes the admin socket, ends the sessions and
-// every connection, and waits for the connection goroutines until ctx is
-// done. The audit log is closed last.
+// Shutdown drains and stops the server. It marks the server draining
+// (/health answers 503 from now on), closes the pp-link/1 listener (no new
+// connections) and refuses new session requests with busy and a retry
+// hint; running tests get up to [limits] shutdown_grace_sec to finish.
+// Then it closes the admin socket, ends the remaining sessions (which
+// persists the quota accounting), closes every connection, waits for the
+// connection goroutines until ctx is done, stops the /metrics listener
+// and closes the audit log last.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.shutdown {
@@ -344,7 +434,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutdown = true
-	ln, adm, cancel := s.ln, s.admin, s.cancel
+	s.draining.Store(true)
+	grace := time.Duration(max(s.cfg.Limits.ShutdownGraceSec, 0)) * time.Second
+	s.drainEnd = s.now().Add(grace)
+	ln, adm, cancel, stopHTTP := s.ln, s.admin, s.cancel, s.stopHTTP
 	s.mu.Unlock()
 
 	var errs []error
@@ -352,6 +445,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, fmt.Errorf("close listener: %w", err))
 		}
+	}
+	if n := s.drain(ctx, grace); n > 0 {
+		s.log.Warn().Int("sessions", n).Dur("grace", grace).Msg("grace period over: ending the running tests")
 	}
 	if adm != nil {
 		if err := adm.Close(); err != nil {
@@ -375,11 +471,44 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("wait for connections: %w", ctx.Err()))
 	}
+	if stopHTTP != nil {
+		stopHTTP()
+	}
 	if err := s.audit.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	s.log.Info().Msg("reflector stopped")
 	return errors.Join(errs...)
+}
+
+// drainPoll is how often a drain checks whether the running tests have
+// ended; it runs only during a shutdown.
+const drainPoll = 50 * time.Millisecond
+
+// drain waits until no session runs, grace has passed or ctx is done, and
+// returns the number of sessions still running.
+func (s *Server) drain(ctx context.Context, grace time.Duration) int {
+	n := len(s.sessions.Status().Active)
+	if n == 0 || grace <= 0 {
+		return n
+	}
+	s.log.Info().Int("sessions", n).Dur("grace", grace).Msg("draining: waiting for running tests")
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-deadline.C:
+			return len(s.sessions.Status().Active)
+		case <-ctx.Done():
+			return len(s.sessions.Status().Active)
+		case <-tick.C:
+			if n = len(s.sessions.Status().Active); n == 0 {
+				return 0
+			}
+		}
+	}
 }
 
 // dropPeer closes every open connection of a peer that lost access.
@@ -418,8 +547,10 @@ func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, er
 		Reason:    by,
 		Details:   map[string]any{"expires_at": expires.UTC().Format(time.RFC3339)},
 	}); err != nil {
+		s.metrics.AuditWriteFailed()
 		s.log.Error().Err(err).Msg("audit pairing_enabled")
 	}
+	s.metrics.PairingEvent(metrics.PairingEnabled)
 	s.log.Info().Str("endpoint_id", s.id.String()).Str("token", token).
 		Time("expires_at", expires).Str("opened_by", by).Msg("pairing window open")
 	return admin.PairResult{EndpointID: s.id.String(), Token: token, ExpiresAt: expires.UTC()}, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 )
 
 // PeerInfo identifies the authorized peer behind one control connection.
@@ -89,6 +90,9 @@ type Env struct {
 	AuditHealthy func() error
 	Logger       zerolog.Logger
 	Now          func() time.Time
+	// Metrics receives the session counters; nil counts nothing (every
+	// *metrics.Metrics method is safe on nil).
+	Metrics *metrics.Metrics
 }
 
 // NoSessions is the Sessions used when none is configured: every request
