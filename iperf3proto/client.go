@@ -583,9 +583,13 @@ func (c *client) startWorker(st *stream) {
 	switch {
 	case st.sender:
 		if c.pl == nil {
-			pl, err := newPayload(p.BlockLen(), p.RepeatingPayload, !p.UDP && p.ZeroCopy)
+			size := p.BlockLen()
+			if !p.UDP {
+				size = sendChunk(size, p.Bandwidth, p.ZeroCopy)
+			}
+			pl, err := newPayload(size, p.RepeatingPayload, !p.UDP && p.ZeroCopy)
 			if err != nil {
-				pl = &payload{buf: make([]byte, p.BlockLen())}
+				pl = &payload{buf: make([]byte, size)}
 			}
 			c.pl = pl
 		}
@@ -599,7 +603,7 @@ func (c *client) startWorker(st *stream) {
 		if p.UDP {
 			go st.runUDPSender(c.pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, c.lim, &c.sent, c.stop)
 		} else {
-			go st.runTCPSender(c.pl, p.BlockLen(), p.Bandwidth, c.lim, &c.sent, c.stop)
+			go st.runTCPSender(c.pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, c.lim, &c.sent, c.stop)
 		}
 	case p.UDP:
 		go st.runUDPReceiver(p.UDPCounters64Bit, &c.recv)

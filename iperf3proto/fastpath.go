@@ -9,6 +9,20 @@ import (
 	"os"
 )
 
+// sendChunkTarget is how much an unpaced TCP sender hands the kernel per
+// write: several blocks at once mean fewer syscalls and wakeups.
+const sendChunkTarget = 1 << 20
+
+// sendChunk returns the bytes per write for a TCP sender with block length
+// blk and rate bps (0 unlimited): whole blocks, one when paced, -Z (which
+// sends block by block as iperf3 does) or already large.
+func sendChunk(blk int, bps uint64, zeroCopy bool) int {
+	if bps != 0 || zeroCopy || blk >= sendChunkTarget {
+		return blk
+	}
+	return blk * (sendChunkTarget / blk)
+}
+
 // serverRcvLowat is the receive low-watermark of server TCP receivers:
 // the client ends the test, so the tail is drained after TEST_END.
 const serverRcvLowat = 256 << 10

@@ -805,7 +805,7 @@ func (t *test) startWorker(st *stream) {
 		if p.UDP {
 			go st.runUDPSender(pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, lim, &srv.sent, t.stop)
 		} else {
-			go st.runTCPSender(pl, p.BlockLen(), p.Bandwidth, lim, &srv.sent, t.stop)
+			go st.runTCPSender(pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, lim, &srv.sent, t.stop)
 		}
 	case p.UDP:
 		go st.runUDPReceiver(p.UDPCounters64Bit, &srv.received)
@@ -818,9 +818,13 @@ func (t *test) startWorker(st *stream) {
 // from the test goroutine only).
 func (t *test) payload() *payload {
 	if t.pl == nil {
-		pl, err := newPayload(t.params.BlockLen(), t.params.RepeatingPayload, !t.params.UDP && t.params.ZeroCopy)
+		size := t.params.BlockLen()
+		if !t.params.UDP {
+			size = sendChunk(size, t.params.Bandwidth, t.params.ZeroCopy)
+		}
+		pl, err := newPayload(size, t.params.RepeatingPayload, !t.params.UDP && t.params.ZeroCopy)
 		if err != nil {
-			pl = &payload{buf: make([]byte, t.params.BlockLen())}
+			pl = &payload{buf: make([]byte, size)}
 		}
 		t.pl = pl
 	}
