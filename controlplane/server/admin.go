@@ -20,22 +20,27 @@ const DefaultAdminPairTTL = 10 * time.Minute
 
 // Status is the admin status result (`reflector status`).
 type Status struct {
-	EndpointID    string        `json:"endpoint_id"`
-	ListenAddress string        `json:"listen_address"`
-	Mode          string        `json:"mode"`
-	StateDir      string        `json:"state_dir"`
-	ConfigSource  string        `json:"config_source"`
-	Version       string        `json:"version"`
-	Commit        string        `json:"commit"`
-	StartedAt     time.Time     `json:"started_at"`
-	UptimeSec     uint64        `json:"uptime_sec"`
-	AuditHealthy  bool          `json:"audit_healthy"`
-	AuditError    string        `json:"audit_error,omitempty"`
-	Pairing       PairingStatus `json:"pairing"`
-	Peers         []peers.Entry `json:"peers"`
-	Connections   int           `json:"connections"`
-	Sessions      SessionStatus `json:"sessions"`
-	Stats         Stats         `json:"stats"`
+	EndpointID    string `json:"endpoint_id"`
+	ListenAddress string `json:"listen_address"`
+	// MetricsAddress is the bound /metrics and /health listener, empty
+	// when [metrics] listen_address is off.
+	MetricsAddress string `json:"metrics_address,omitempty"`
+	// Draining is set once shutdown started.
+	Draining     bool          `json:"draining,omitempty"`
+	Mode         string        `json:"mode"`
+	StateDir     string        `json:"state_dir"`
+	ConfigSource string        `json:"config_source"`
+	Version      string        `json:"version"`
+	Commit       string        `json:"commit"`
+	StartedAt    time.Time     `json:"started_at"`
+	UptimeSec    uint64        `json:"uptime_sec"`
+	AuditHealthy bool          `json:"audit_healthy"`
+	AuditError   string        `json:"audit_error,omitempty"`
+	Pairing      PairingStatus `json:"pairing"`
+	Peers        []peers.Entry `json:"peers"`
+	Connections  int           `json:"connections"`
+	Sessions     SessionStatus `json:"sessions"`
+	Stats        Stats         `json:"stats"`
 }
 
 // PairingStatus says whether a pairing window is open.
@@ -114,6 +119,10 @@ func (s *Server) Status() Status {
 	if a := s.Addr(); a != nil {
 		st.ListenAddress = a.String()
 	}
+	if a := s.MetricsAddr(); a != nil {
+		st.MetricsAddress = a.String()
+	}
+	st.Draining = s.Draining()
 	s.mu.Lock()
 	st.StartedAt = s.started.UTC()
 	st.Connections = len(s.conns)
