@@ -218,7 +218,7 @@ func (l *QUICListener) serve(c *quic.Conn) {
 		return
 	}
 	_ = str.SetDeadline(time.Time{})
-	s := newSession(c, str, true, req)
+	s := newSession(c, true, req)
 	defer func() { _ = s.Close() }()
 	l.handler(s)
 }
@@ -238,5 +238,5 @@ func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config) (*QUICSessi
 		}
 		return nil, fmt.Errorf("quic dial %s/udp: %w", addr, err)
 	}
-	return newSession(c, nil, false, nil), nil
+	return newSession(c, false, nil), nil
 }

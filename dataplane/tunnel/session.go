@@ -57,6 +57,11 @@ type SessionStats struct {
 	Unknown uint64
 	// Malformed counts empty datagrams (no flow id).
 	Malformed uint64
+	// PacketsLost is quic-go's count of this side's QUIC packets declared
+	// lost (datagrams inside them are not retransmitted).
+	PacketsLost uint64
+	// SmoothedRTT is QUIC's RTT estimate for the path.
+	SmoothedRTT time.Duration
 }
 
 type acceptItem struct {
@@ -72,7 +77,6 @@ type QUICSession struct {
 	request []byte
 
 	mu       sync.Mutex
-	str      *quic.Stream
 	flows    map[uint8]*FlowConn
 	accepts  chan acceptItem
 	started  bool
@@ -82,12 +86,11 @@ type QUICSession struct {
 	dropped, unknown, malformed atomic.Uint64
 }
 
-func newSession(c *quic.Conn, str *quic.Stream, server bool, request []byte) *QUICSession {
+func newSession(c *quic.Conn, server bool, request []byte) *QUICSession {
 	s := &QUICSession{
 		conn:     c,
 		server:   server,
 		request:  request,
-		str:      str,
 		flows:    make(map[uint8]*FlowConn),
 		accepts:  make(chan acceptItem, acceptQueueLen),
 		demuxEnd: make(chan struct{}),
@@ -135,9 +138,6 @@ func (s *QUICSession) Attach(ctx context.Context, request []byte) ([]byte, error
 		return nil, fmt.Errorf("tunnel attach: %w", err)
 	}
 	_ = str.SetDeadline(time.Time{})
-	s.mu.Lock()
-	s.str = str
-	s.mu.Unlock()
 	s.start()
 	return reply, nil
 }
@@ -166,7 +166,14 @@ func (s *QUICSession) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
 // Stats returns the session's datagram counters.
 func (s *QUICSession) Stats() SessionStats {
-	return SessionStats{Dropped: s.dropped.Load(), Unknown: s.unknown.Load(), Malformed: s.malformed.Load()}
+	cs := s.conn.ConnectionStats()
+	return SessionStats{
+		Dropped:     s.dropped.Load(),
+		Unknown:     s.unknown.Load(),
+		Malformed:   s.malformed.Load(),
+		PacketsLost: cs.PacketsLost,
+		SmoothedRTT: cs.SmoothedRTT,
+	}
 }
 
 // MaxFlowPayload returns the largest payload a FlowConn.Write can send
