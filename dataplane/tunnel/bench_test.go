@@ -2,10 +2,13 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"net"
 	"syscall"
 	"testing"
+
+	"github.com/packetparamedic/reflector/dataplane/echo"
 )
 
 // benchChunk is what the application writes per benchmark op, iperf3's
@@ -151,4 +154,68 @@ func BenchmarkPipeTCP(b *testing.B) {
 	_ = app.Close()
 	_ = far.Close()
 	<-pipeDone
+}
+
+// benchProbe runs one 2,000-probe run at 10 kpps per op over conn and
+// reports the RTT percentiles of the last run.
+func benchProbe(b *testing.B, conn net.Conn) {
+	b.Helper()
+	var res *echo.ProbeResult
+	for b.Loop() {
+		var err error
+		res, err = echo.Probe(context.Background(), conn, echo.ProbeConfig{Rate: 10000, Size: 64, Count: 2000, Timestamped: true}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(res.RTTP50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(res.RTTP99.Microseconds()), "p99-µs")
+	b.ReportMetric(float64(res.Lost)/float64(res.Sent)*100, "loss-%")
+}
+
+// BenchmarkEchoRTTDirect is udp_echo without the tunnel: echo.Engine on a
+// loopback UDP socket.
+func BenchmarkEchoRTTDirect(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e, err := echo.Listen(ctx, "127.0.0.1:0", echo.Config{Timestamped: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = e.Serve(ctx) }()
+	conn, err := net.Dial("udp", e.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	benchProbe(b, conn)
+}
+
+// BenchmarkEchoRTTTunnel is udp_echo through the tunnel: FlowEcho on a
+// QUIC flow over loopback.
+func BenchmarkEchoRTTTunnel(b *testing.B) {
+	srvConf, cliConf := testTLS(b)
+	sessions := make(chan *QUICSession, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ln, err := ListenQUIC(ctx, "127.0.0.1:0", srvConf,
+		func(context.Context, *x509.Certificate, net.Addr, []byte) ([]byte, error) { return []byte("ok"), nil },
+		func(s *QUICSession) {
+			sessions <- s
+			_ = NewFlowEcho(s.Flow(0), echo.Config{Timestamped: true}).Serve(ctx)
+		})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cancel(); _ = ln.Close() }()
+	cli, err := DialQUIC(ctx, ln.Addr().String(), cliConf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cli.Close() }()
+	if _, err := cli.Attach(ctx, []byte("attach")); err != nil {
+		b.Fatal(err)
+	}
+	<-sessions
+	benchProbe(b, cli.Flow(0))
 }
