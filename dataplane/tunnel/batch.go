@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // BatchConn wraps the TCP connection under a *tls.Conn so that the TLS
@@ -22,10 +23,13 @@ type BatchConn struct {
 	corked bool
 	buf    []byte
 
-	// rbuf holds bytes read from the socket in large chunks and not yet
-	// consumed by the TLS layer, rbuf[roff:].
-	rbuf []byte
-	roff int
+	// readAhead is switched on by BatchTLS: from then on rbuf holds bytes
+	// read from the socket in large chunks and not yet consumed by the
+	// TLS layer, rbuf[roff:]. Before (handshake, pp-link frames) reads
+	// pass straight through and cost no buffer.
+	readAhead atomic.Bool
+	rbuf      []byte
+	roff      int
 }
 
 // readChunk is the size of one socket read of a BatchConn.
@@ -57,17 +61,18 @@ func (c *BatchConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// Read implements net.Conn. It reads the socket in chunks of readChunk, so
-// the TLS layer above, which asks for little more than a record at a time,
-// costs one system call per chunk rather than per record. Reads are not
-// safe for concurrent use (the TLS layer serialises them).
+// Read implements net.Conn. Once BatchTLS has switched read-ahead on it
+// reads the socket in chunks of readChunk, so the TLS layer above, which
+// asks for little more than a record at a time, costs one system call per
+// chunk rather than per record. Reads are not safe for concurrent use (the
+// TLS layer serialises them).
 func (c *BatchConn) Read(p []byte) (int, error) {
 	if c.roff < len(c.rbuf) {
 		n := copy(p, c.rbuf[c.roff:])
 		c.roff += n
 		return n, nil
 	}
-	if len(p) >= readChunk {
+	if !c.readAhead.Load() || len(p) >= readChunk {
 		return c.Conn.Read(p)
 	}
 	if c.rbuf == nil {
@@ -120,14 +125,17 @@ type batchedTLS struct {
 	wmu sync.Mutex
 }
 
-// BatchTLS returns tc with batched writes when tc runs over a *BatchConn,
-// else tc itself. The result is a net.Conn that also has CloseWrite,
+// BatchTLS returns tc with batched writes and read-ahead when tc runs over
+// a *BatchConn, else tc itself. Call it when tc becomes a data connection
+// (after the tunnel attach), not before: read-ahead costs a 128 KiB
+// buffer. The result is a net.Conn that also has CloseWrite,
 // ConnectionState and NetConn (the *tls.Conn).
 func BatchTLS(tc *tls.Conn) net.Conn {
 	raw, ok := tc.NetConn().(*BatchConn)
 	if !ok {
 		return tc
 	}
+	raw.readAhead.Store(true)
 	return &batchedTLS{Conn: tc, raw: raw}
 }
 
