@@ -33,7 +33,7 @@
 // On the appliance: each TCP connection of the test is
 // tls.Client(NewBatchConn(raw)) plus the attach, then BatchTLS; UDP
 // streams are OpenFlow() on one DialQUIC session after Attach. A UDP
-// payload must fit QUICSession.MaxFlowPayload (about 1,160 bytes on any
+// payload must fit QUICSession.MaxFlowPayload (MinFlowPayload on any
 // path, up to about 1,400 after path MTU discovery): stock iperf3 defaults
 // to larger UDP blocks, so the tunnel must be run with iperf3 -l.
 package tunnel

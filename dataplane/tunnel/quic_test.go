@@ -232,8 +232,8 @@ func TestQUICReadDeadlineAndClose(t *testing.T) {
 func TestQUICDatagramSize(t *testing.T) {
 	cli, srv := attached(t)
 	max0 := cli.MaxFlowPayload()
-	if max0 < 1100 {
-		t.Fatalf("MaxFlowPayload %d below the 1200-byte QUIC minimum's share", max0)
+	if max0 < MinFlowPayload {
+		t.Fatalf("MaxFlowPayload %d below MinFlowPayload", max0)
 	}
 	// Path MTU discovery on loopback raises the limit to quic-go's cap.
 	var maxNow int

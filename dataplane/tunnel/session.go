@@ -28,6 +28,10 @@ const (
 	acceptQueueLen = 32
 	// flowHeaderLen is the flow id byte in front of every datagram.
 	flowHeaderLen = 1
+	// MinFlowPayload is the flow payload that fits a QUIC datagram on any
+	// path QUIC runs over (1,200-byte packets, quic-go v0.65.0's overhead
+	// estimate and the flow id byte): a safe iperf3 -l for tunneled UDP.
+	MinFlowPayload = 1162
 	// probeSize is larger than any QUIC datagram can be, so SendDatagram
 	// refuses it and reports the current maximum without sending.
 	probeSize = 1 << 16
