@@ -295,8 +295,11 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 	if s.cfg.TestTimeout > 0 {
 		hard = earliest(hard, accepted.Add(s.cfg.TestTimeout))
 	}
-	hardCtx, cancelHard := context.WithCancel(parent)
-	if !hard.IsZero() {
+	var hardCtx context.Context
+	var cancelHard context.CancelFunc
+	if hard.IsZero() {
+		hardCtx, cancelHard = context.WithCancel(parent)
+	} else {
 		hardCtx, cancelHard = context.WithDeadline(parent, hard)
 	}
 	testCtx, cancel := context.WithCancel(hardCtx)
@@ -389,9 +392,9 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 	} else if s.cfg.TestTimeout <= 0 && s.cfg.Deadline.IsZero() {
 		hard = earliest(hard, accepted.Add(defaultUntimedLimit))
 	}
-	ctxHard2, cancel2 := context.WithDeadline(hardCtx, hard)
-	defer cancel2()
-	hardCtx = ctxHard2
+	tightened, cancelTightened := context.WithDeadline(hardCtx, hard)
+	defer cancelTightened()
+	hardCtx = tightened
 	t.log.Info().Str("protocol", p.Protocol()).Int("parallel", max(p.Parallel, 1)).Bool("reverse", p.Reverse).
 		Bool("bidir", p.Bidirectional).Int("time", p.Time).Int64("bytes", p.Bytes).Int64("blocks", p.Blocks).
 		Int("len", p.BlockLen()).Uint64("bandwidth", p.Bandwidth).Str("client_version", p.ClientVersion).
