@@ -285,6 +285,7 @@ func (s *Server) reply(c *serverConn, reqID string, m link.Message) bool {
 func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 	switch m := msg.(type) {
 	case *link.Hello:
+		c.peer.Features = m.Features
 		return s.reply(c, reqID, s.serverHello())
 	case *link.PairRequest:
 		return s.reply(c, reqID, s.pair(c, m.Token))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,7 +24,18 @@ type PeerInfo struct {
 	Addr netip.AddrPort
 	// ConnID numbers the control connection, unique within a Server.
 	ConnID uint64
+	// Features are those of the last hello on this connection (nil before
+	// one), as the peer sent them.
+	Features []string
 }
+
+// FeatureDenyReasonsV2 is announced in hello by clients that decode every
+// deny reason of pp-link/1, resource_exhausted included; the shipped
+// appliance does not (see link.DenyReason.ForAppliance).
+const FeatureDenyReasonsV2 = "deny_reasons_v2"
+
+// Announced reports whether the peer's hello listed feature f.
+func (p PeerInfo) Announced(f string) bool { return slices.Contains(p.Features, f) }
 
 // ActiveSession describes a running test, for status_snapshot and the
 // admin status.
