@@ -80,7 +80,7 @@ func BenchmarkPipeTLSUploadBatched(b *testing.B) {
 		defer close(pipeDone)
 		_, _, _ = Pipe(context.Background(), a, BatchTLS(tb))
 	}()
-	benchStream(b, app, far, func() { _ = app.CloseWrite() })
+	benchStream(b, app, BatchTLS(far), func() { _ = app.CloseWrite() })
 	_ = app.Close()
 	_ = far.Close()
 	<-pipeDone
