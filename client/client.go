@@ -132,12 +132,18 @@ func call[T any, PT interface {
 	return (*T)(r), nil
 }
 
-// Hello sends hello (version 1.0, the appliance's features) and returns
-// the server's policy.
+// FeatureDenyReasonsV2 tells the reflector that this client decodes every
+// deny reason (resource_exhausted included), so it gets the real one rather
+// than the appliance's mapping. The server spells it
+// server.FeatureDenyReasonsV2; this package does not import the server.
+const FeatureDenyReasonsV2 = "deny_reasons_v2"
+
+// Hello sends hello (version 1.0, the appliance's features plus
+// FeatureDenyReasonsV2) and returns the server's policy.
 func (c *Client) Hello() (*link.ServerHello, error) {
 	return call[link.ServerHello](c, &link.Hello{
 		Version:  link.ProtocolVersion,
-		Features: []string{link.FeatureThroughput, link.FeatureUDPEcho},
+		Features: []string{link.FeatureThroughput, link.FeatureUDPEcho, FeatureDenyReasonsV2},
 	})
 }
 

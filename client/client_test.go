@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -170,5 +171,35 @@ func TestDialHandshakeTimeout(t *testing.T) {
 	defer cancel()
 	if _, err := client.Dial(ctx, ln.Addr().String(), newKey(t), ""); err == nil {
 		t.Fatal("dial to a silent server succeeded")
+	}
+}
+
+// TestHelloFeatures: hello announces the appliance's two features and
+// deny_reasons_v2, so the reflector sends this client the real deny reason.
+func TestHelloFeatures(t *testing.T) {
+	got := make(chan []string, 1)
+	f := startFake(t, func(m link.Message) link.Message {
+		if h, ok := m.(*link.Hello); ok {
+			select {
+			case got <- h.Features:
+			default:
+			}
+			return &link.ServerHello{Version: "1.0"}
+		}
+		return &link.Error{Code: 400, Message: "unexpected"}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, f.addr, newKey(t), f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{link.FeatureThroughput, link.FeatureUDPEcho, client.FeatureDenyReasonsV2}
+	if features := <-got; !slices.Equal(features, want) {
+		t.Fatalf("hello features %q, want %q", features, want)
 	}
 }

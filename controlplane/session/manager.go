@@ -174,9 +174,19 @@ func retrySeconds(d time.Duration) *int {
 	return &s
 }
 
-// deny audits and builds a session_deny. The reason is mapped through
-// link.DenyReason.ForAppliance: the shipped appliance cannot decode
-// resource_exhausted (see there); the message keeps the details.
+// wireReason is the deny reason as peer can decode it: the real one for a
+// client that announced server.FeatureDenyReasonsV2, otherwise mapped
+// through link.DenyReason.ForAppliance (the shipped appliance cannot decode
+// resource_exhausted, see there).
+func wireReason(peer server.PeerInfo, r link.DenyReason) link.DenyReason {
+	if peer.Announced(server.FeatureDenyReasonsV2) && r.Known() {
+		return r
+	}
+	return r.ForAppliance()
+}
+
+// deny audits and builds a session_deny with the reason peer can decode
+// (wireReason); the message keeps the details.
 func (m *Manager) deny(peer server.PeerInfo, req link.SessionRequest, reason link.DenyReason, msg string, retry *int) link.Message {
 	ev := audit.Event{
 		EventType: audit.SessionDenied, PeerID: peer.ID.String(), PeerAddr: peer.Addr.String(),
@@ -190,7 +200,7 @@ func (m *Manager) deny(peer server.PeerInfo, req link.SessionRequest, reason lin
 		m.log.Error().Err(err).Msg("session: audit session_denied")
 	}
 	m.log.Info().Str("peer", peer.ID.String()).Str("reason", string(reason)).Str("message", msg).Msg("session denied")
-	return &link.SessionDeny{Reason: reason.ForAppliance(), Message: msg, RetryAfterSec: retry}
+	return &link.SessionDeny{Reason: wireReason(peer, reason), Message: msg, RetryAfterSec: retry}
 }
 
 // ownsActiveLocked reports whether peer has a running session.
@@ -323,7 +333,7 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 		abort()
 		_ = m.quota.End(peer.ID.String(), true, now)
 		m.log.Error().Err(err).Msg("session: audit session_granted failed: refusing")
-		return &link.SessionDeny{Reason: link.DenyResourceExhausted.ForAppliance(), Message: "audit log unavailable"}
+		return &link.SessionDeny{Reason: wireReason(peer, link.DenyResourceExhausted), Message: "audit log unavailable"}
 	}
 
 	ctx, cancel := context.WithCancelCause(m.root)

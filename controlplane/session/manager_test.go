@@ -643,3 +643,40 @@ func TestSamePeerWaitsForItsEndingSession(t *testing.T) {
 	}
 	f.waitEnded(t, g2.TestID, 10*time.Second)
 }
+
+// TestDenyReasonForFeatures: with every data port busy, a peer whose hello
+// announced deny_reasons_v2 gets resource_exhausted; the appliance (its
+// hello, or none) gets busy, which it can decode. The audit always has the
+// real reason.
+func TestDenyReasonForFeatures(t *testing.T) {
+	tests := []struct {
+		name     string
+		features []string
+		want     link.DenyReason
+	}{
+		{"no hello", nil, link.DenyBusy},
+		{"appliance hello", []string{link.FeatureThroughput, link.FeatureUDPEcho}, link.DenyBusy},
+		{"deny_reasons_v2", []string{link.FeatureThroughput, link.FeatureUDPEcho, server.FeatureDenyReasonsV2}, link.DenyResourceExhausted},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			f.ports.mu.Lock()
+			for port := f.ports.base; port < f.ports.base+f.ports.n; port++ {
+				f.ports.inUse[port] = true
+			}
+			f.ports.mu.Unlock()
+			t.Cleanup(func() {
+				f.ports.mu.Lock()
+				clear(f.ports.inUse)
+				f.ports.mu.Unlock()
+			})
+			peer := f.peer
+			peer.Features = tc.features
+			mustDeny(t, f.m.Request(context.Background(), peer, throughputReq(2, 1, false)), tc.want)
+			if ev := f.audit.find(audit.SessionDenied, ""); ev == nil || ev.Reason != string(link.DenyResourceExhausted) {
+				t.Fatalf("audit %+v, want session_denied resource_exhausted", ev)
+			}
+		})
+	}
+}

@@ -123,6 +123,50 @@ func TestServerTunneledDefault(t *testing.T) {
 	}
 }
 
+// TestServerDenyReasonByHello: with the only data port taken by another
+// peer's echo test, a connection that sent the appliance's hello is denied
+// busy (all its enum can decode) and one that sent our client's hello
+// (deny_reasons_v2) is denied resource_exhausted.
+func TestServerDenyReasonByHello(t *testing.T) {
+	h := servertest.Start(t, func(c *config.Config) {
+		directEdit(c)
+		c.Network.DataPortRangeEnd = c.Network.DataPortRangeStart
+		c.Quotas.MaxConcurrentTests = 3
+	}, server.Options{NewSessions: session.NewSessions})
+	holderKey, key := servertest.NewKey(t), servertest.NewKey(t)
+	h.Authorize(holderKey)
+	h.Authorize(key)
+	holder := h.Dial(holderKey)
+	defer holder.Close()
+	if _, err := holder.Hello(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := holder.RequestSession(link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}})
+	if err != nil {
+		t.Fatalf("holder's request: %v", err)
+	}
+	defer func() { _ = holder.CloseSession(g.TestID) }()
+
+	req := link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 2}}
+	appliance := h.Dial(key)
+	defer appliance.Close()
+	if _, err := appliance.Call(&link.Hello{Version: link.ProtocolVersion, Features: []string{link.FeatureThroughput, link.FeatureUDPEcho}}); err != nil {
+		t.Fatal(err)
+	}
+	var d *client.DeniedError
+	if _, err := appliance.RequestSession(req); !errors.As(err, &d) || d.Deny.Reason != link.DenyBusy {
+		t.Fatalf("appliance hello, ports exhausted: %v; want busy", err)
+	}
+	ours := h.Dial(key)
+	defer ours.Close()
+	if _, err := ours.Hello(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ours.RequestSession(req); !errors.As(err, &d) || d.Deny.Reason != link.DenyResourceExhausted {
+		t.Fatalf("our hello, ports exhausted: %v; want resource_exhausted", err)
+	}
+}
+
 // binServer runs the built reflector binary as a process.
 type binServer struct {
 	t                  *testing.T
