@@ -198,11 +198,13 @@ func BenchmarkEchoRTTTunnel(b *testing.B) {
 	sessions := make(chan *QUICSession, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	serve := func(s *QUICSession) {
+		sessions <- s
+		_ = NewFlowEcho(s.Flow(0), echo.Config{Timestamped: true}).Serve(ctx)
+	}
 	ln, err := ListenQUIC(ctx, "127.0.0.1:0", srvConf,
-		func(context.Context, *x509.Certificate, net.Addr, []byte) ([]byte, error) { return []byte("ok"), nil },
-		func(s *QUICSession) {
-			sessions <- s
-			_ = NewFlowEcho(s.Flow(0), echo.Config{Timestamped: true}).Serve(ctx)
+		func(context.Context, *x509.Certificate, net.Addr, []byte) ([]byte, func(*QUICSession), error) {
+			return []byte("ok"), serve, nil
 		})
 	if err != nil {
 		b.Fatal(err)

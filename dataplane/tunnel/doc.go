@@ -26,9 +26,9 @@
 // ConnListener.Handoff(ctx, BatchTLS(tlsConn)), which returns when the
 // engine closes the connection. Run ListenQUIC on the same port number
 // over UDP with the same tls.Config; its AttachFunc decodes the pp-link
-// envelope, checks the peer and token, and its handler gives the session to
-// the grant's FlowAcceptor (throughput) or serves FlowEcho on Flow(0)
-// (udp_echo) until the session or the test ends.
+// envelope, checks the peer and token, and returns a serve function that
+// gives the session to the grant's FlowAcceptor (throughput) or runs
+// FlowEcho on Flow(0) (udp_echo) until the session or the test ends.
 //
 // On the appliance: each TCP connection of the test is
 // tls.Client(NewBatchConn(raw)) plus the attach, then BatchTLS; UDP

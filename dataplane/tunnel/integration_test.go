@@ -109,10 +109,7 @@ func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
 			}()
 		}
 	}()
-	authorize := func(_ context.Context, _ *x509.Certificate, _ net.Addr, req []byte) ([]byte, error) {
-		return []byte("attached"), nil
-	}
-	qln, err := ListenQUIC(ctx, "127.0.0.1:0", srvConf, authorize, func(s *QUICSession) {
+	serve := func(s *QUICSession) {
 		if err := flows.Attach(s); err != nil {
 			return
 		}
@@ -120,6 +117,9 @@ func startTunnelServer(t *testing.T, srvConf *tls.Config) *tunnelServer {
 		case <-s.Context().Done():
 		case <-ctx.Done():
 		}
+	}
+	qln, err := ListenQUIC(ctx, "127.0.0.1:0", srvConf, func(context.Context, *x509.Certificate, net.Addr, []byte) ([]byte, func(*QUICSession), error) {
+		return []byte("attached"), serve, nil
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -46,9 +46,12 @@ const (
 // first frame on its first stream; a pp-link tunnel_attach envelope in
 // practice). peer is the client's certificate, already checked by the TLS
 // configuration. reply, when not nil, is sent back as one frame whatever
-// the decision. A non-nil error refuses the session: it is closed with
-// CodeAttachRefused after the reply. ctx ends after AttachTimeout.
-type AttachFunc func(ctx context.Context, peer *x509.Certificate, remote net.Addr, request []byte) (reply []byte, err error)
+// the decision. A nil error accepts the session: serve is then called with
+// it in the session's goroutine, and the session is closed when serve
+// returns. A non-nil error (or a nil serve) refuses it: the session is
+// closed with CodeAttachRefused after the reply. ctx ends after
+// AttachTimeout.
+type AttachFunc func(ctx context.Context, peer *x509.Certificate, remote net.Addr, request []byte) (reply []byte, serve func(*QUICSession), err error)
 
 // UDPUnreachableError reports that a QUIC handshake got no answer at all:
 // nothing listens on the UDP port, or a firewall drops the packets.
@@ -94,9 +97,8 @@ func clientQUICConfig() *quic.Config {
 
 // QUICListener accepts tunnel sessions on a UDP port.
 type QUICListener struct {
-	ln        *quic.Listener
-	authorize AttachFunc
-	handler   func(*QUICSession)
+	ln     *quic.Listener
+	attach AttachFunc
 
 	wg       sync.WaitGroup
 	mu       sync.Mutex
@@ -108,18 +110,17 @@ type QUICListener struct {
 // configuration as the pp-link TCP listener: TLS 1.3, client certificate
 // required, ALPN pp-link/1). For every connection it reads the attach
 // request from the first bidirectional stream within AttachTimeout and
-// asks authorize; on success it calls handler with the session in a
-// goroutine of its own and closes the session when handler returns. The
-// listener stops when ctx ends or Close is called.
-func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, authorize AttachFunc, handler func(*QUICSession)) (*QUICListener, error) {
-	if authorize == nil || handler == nil {
-		return nil, errors.New("listen quic: authorize and handler are required")
+// asks attach, which answers and, accepting, names the function that
+// serves the session. The listener stops when ctx ends or Close is called.
+func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, attach AttachFunc) (*QUICListener, error) {
+	if attach == nil {
+		return nil, errors.New("listen quic: an AttachFunc is required")
 	}
 	ln, err := quic.ListenAddr(addr, tlsConf, serverQUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("listen quic %s/udp: %w", addr, err)
 	}
-	l := &QUICListener{ln: ln, authorize: authorize, handler: handler, sessions: make(map[*quic.Conn]struct{})}
+	l := &QUICListener{ln: ln, attach: attach, sessions: make(map[*quic.Conn]struct{})}
 	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	l.wg.Add(1)
 	go func() {
@@ -133,8 +134,8 @@ func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, authorize
 // Addr returns the UDP address the listener is bound to.
 func (l *QUICListener) Addr() net.Addr { return l.ln.Addr() }
 
-// Close stops accepting, closes every session and waits for the handlers
-// to return. It is idempotent.
+// Close stops accepting, closes every session and waits for their serve
+// functions to return. It is idempotent.
 func (l *QUICListener) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -179,7 +180,7 @@ func (l *QUICListener) acceptLoop() {
 	}
 }
 
-// serve runs the attach exchange and then the handler.
+// serve runs the attach exchange and then the session's serve function.
 func (l *QUICListener) serve(c *quic.Conn) {
 	ctx, cancel := context.WithTimeout(c.Context(), AttachTimeout)
 	defer cancel()
@@ -199,7 +200,10 @@ func (l *QUICListener) serve(c *quic.Conn) {
 		_ = c.CloseWithError(CodeAttachFailed, "no client certificate")
 		return
 	}
-	reply, aerr := l.authorize(ctx, certs[0], c.RemoteAddr(), req)
+	reply, serveSession, aerr := l.attach(ctx, certs[0], c.RemoteAddr(), req)
+	if aerr == nil && serveSession == nil {
+		aerr = errors.New("attach accepted without a serve function")
+	}
 	if reply != nil {
 		if err := writeAttachFrame(str, reply); err != nil {
 			_ = c.CloseWithError(CodeAttachFailed, "attach reply")
@@ -220,7 +224,7 @@ func (l *QUICListener) serve(c *quic.Conn) {
 	_ = str.SetDeadline(time.Time{})
 	s := newSession(c, true, req)
 	defer func() { _ = s.Close() }()
-	l.handler(s)
+	serveSession(s)
 }
 
 // DialQUIC opens a tunnel session to addr ("host:port", UDP) with tlsConf

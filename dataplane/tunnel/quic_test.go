@@ -15,15 +15,18 @@ import (
 	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
-// attachAllowing accepts the attach request "ok" and refuses the rest.
-func attachAllowing(_ context.Context, peer *x509.Certificate, _ net.Addr, req []byte) ([]byte, error) {
-	if peer == nil {
-		return []byte("no cert"), errors.New("no cert")
+// attachAllowing accepts the attach request "ok", to be served by serve,
+// and refuses the rest.
+func attachAllowing(serve func(*QUICSession)) AttachFunc {
+	return func(_ context.Context, peer *x509.Certificate, _ net.Addr, req []byte) ([]byte, func(*QUICSession), error) {
+		if peer == nil {
+			return []byte("no cert"), nil, errors.New("no cert")
+		}
+		if string(req) != "ok" {
+			return []byte("refused"), nil, errors.New("refused")
+		}
+		return []byte("attached"), serve, nil
 	}
-	if string(req) != "ok" {
-		return []byte("refused"), errors.New("refused")
-	}
-	return []byte("attached"), nil
 }
 
 // startQUIC starts a listener; every accepted session is sent to the
@@ -33,13 +36,13 @@ func startQUIC(t *testing.T) (addr string, dial func(t *testing.T) *QUICSession,
 	srvConf, cliConf := testTLS(t)
 	ch := make(chan *QUICSession, 4)
 	release := make(chan struct{})
-	ln, err := ListenQUIC(context.Background(), "127.0.0.1:0", srvConf, attachAllowing, func(s *QUICSession) {
+	ln, err := ListenQUIC(context.Background(), "127.0.0.1:0", srvConf, attachAllowing(func(s *QUICSession) {
 		ch <- s
 		select {
 		case <-release:
 		case <-s.Context().Done():
 		}
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,10 +354,10 @@ func TestQUICListenerCloseEndsSessions(t *testing.T) {
 	srvConf, cliConf := testTLS(t)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	ln, err := ListenQUIC(context.Background(), "127.0.0.1:0", srvConf, attachAllowing, func(s *QUICSession) {
+	ln, err := ListenQUIC(context.Background(), "127.0.0.1:0", srvConf, attachAllowing(func(s *QUICSession) {
 		defer wg.Done()
 		<-s.Context().Done()
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
