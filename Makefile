@@ -40,13 +40,24 @@ lint:
 	GOOS=darwin $(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-## fuzz: a short bounded run of every fuzz target (FUZZTIME each).
+## fuzz: a short bounded run of every fuzz target (FUZZTIME each). Go 1.26's
+## fuzz coordinator can end a clean run with a bare "context deadline exceeded"
+## at the FUZZTIME boundary (golang/go#75804, fixed in Go 1.27): that alone,
+## with no failing input written, is reported and not counted as a failure.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@fails=0; for pkg in $$($(GO) list ./...); do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    echo "== $$pkg $$t"; \
+	    if out=$$($(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); then \
+	      echo "$$out" | tail -n 3; \
+	    elif echo "$$out" | grep -q 'context deadline exceeded' && ! echo "$$out" | grep -q 'Failing input written'; then \
+	      echo "$$out" | tail -n 4; echo "   (go#75804 deadline race at the end of the run, no failing input: not a finding)"; \
+	    else \
+	      echo "$$out"; fails=$$((fails+1)); \
+	    fi; \
 	  done; \
-	done
+	done; \
+	if [ $$fails -ne 0 ]; then echo "fuzz: $$fails target(s) failed"; exit 1; fi
 
 ## bench: go test benchmarks in bench/.
 bench:
