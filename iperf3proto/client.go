@@ -303,6 +303,17 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 	if len(c.streams) != c.p.Streams() {
 		return nil, fmt.Errorf("iperf3 client: test started with %d of %d streams: %w", len(c.streams), c.p.Streams(), ErrBadState)
 	}
+	if !c.p.Reverse {
+		size := c.p.BlockLen()
+		if !c.p.UDP {
+			size = sendChunk(size, c.p.Bandwidth, c.p.ZeroCopy)
+		}
+		pl, err := newPayload(size, c.p.RepeatingPayload, !c.p.UDP && c.p.ZeroCopy)
+		if err != nil {
+			return nil, fmt.Errorf("iperf3 client: %w", err)
+		}
+		c.pl = pl
+	}
 	_ = c.ctrl.SetDeadline(time.Time{})
 	cpu := startCPU()
 	start := time.Now()
@@ -582,17 +593,6 @@ func (c *client) startWorker(st *stream) {
 	st.started = true
 	switch {
 	case st.sender:
-		if c.pl == nil {
-			size := p.BlockLen()
-			if !p.UDP {
-				size = sendChunk(size, p.Bandwidth, p.ZeroCopy)
-			}
-			pl, err := newPayload(size, p.RepeatingPayload, !p.UDP && p.ZeroCopy)
-			if err != nil {
-				pl = &payload{buf: make([]byte, size)}
-			}
-			c.pl = pl
-		}
 		if c.lim == nil && p.Omit == 0 {
 			if p.Bytes > 0 {
 				c.lim = &sendLimit{limit: p.Bytes}

@@ -90,7 +90,9 @@ func clientCases() []clientCase {
 				t.Errorf("rate %.0f", bps)
 			}
 		}},
-		{"u_b100M", ClientConfig{Duration: sec, UDP: true, Bandwidth: 100e6}, func(t *testing.T, r *ClientResult) {
+		// -w sizes the receiving server's socket buffer too (a stock server
+		// keeps the 208 KiB default otherwise and drops under load).
+		{"u_b100M", ClientConfig{Duration: sec, UDP: true, Bandwidth: 100e6, Window: 2 << 20}, func(t *testing.T, r *ClientResult) {
 			checkDir(t, "upload", r.Upload, false)
 			if r.Upload.Packets <= 0 || r.Upload.Jitter <= 0 || float64(r.Upload.Lost) > 0.10*float64(r.Upload.Packets) {
 				t.Errorf("udp stats %+v", r.Upload)

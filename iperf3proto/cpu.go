@@ -1,12 +1,6 @@
 package iperf3proto
 
-import (
-	"errors"
-	"time"
-)
-
-// errNotSupported is wrapped by socket options this system lacks.
-var errNotSupported = errors.New("not supported on this system")
+import "time"
 
 // cpuMeter measures process CPU utilisation over a wall-clock span, the
 // way iperf3 reports cpu_util_total/user/system (percent of one CPU).

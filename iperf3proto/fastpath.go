@@ -1,12 +1,13 @@
 package iperf3proto
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+
+	"github.com/packetparamedic/reflector/dataplane/zerocopy"
 )
 
 // sendChunkTarget is how much an unpaced TCP sender hands the kernel per
@@ -86,50 +87,39 @@ func discardCopy(conn net.Conn, onBytes func(int)) (int64, error) {
 	}
 }
 
-// payload is the data a sender transmits: random bytes, or iperf3's
-// repeating "0123456789" pattern when the client asks for it. With -Z
-// (zerocopy) TCP senders transmit it with sendfile(2) from a memfd where the
-// system allows; plain writes are the default because on loopback they
-// measured faster (the receiver copies either way).
+// payload is the data a sender transmits (dataplane/zerocopy): random
+// bytes, or iperf3's repeating "0123456789" pattern when the client asks
+// for it. With -Z TCP senders transmit it with sendfile(2) from its memfd;
+// plain writes are the default because on loopback they measured faster.
 type payload struct {
-	buf []byte
-	sf  *sendfileSource
+	zp       *zerocopy.Payload
+	zeroCopy bool
 }
 
-// newPayload builds a payload of size bytes; zeroCopy asks for the
-// sendfile source.
+// newPayload builds a payload of size bytes; zeroCopy selects sendfile.
 func newPayload(size int, repeating, zeroCopy bool) (*payload, error) {
-	b := make([]byte, size)
-	if repeating {
-		for i := range b {
-			b[i] = '0' + byte(i%10)
-		}
-	} else if _, err := rand.Read(b); err != nil {
-		return nil, fmt.Errorf("fill payload: %w", err)
+	zp, err := zerocopy.NewPayload(size, repeating)
+	if err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
 	}
-	p := &payload{buf: b}
-	if zeroCopy {
-		if sf, err := newSendfileSource(b); err == nil {
-			p.sf = sf
-		}
-	}
-	return p, nil
+	return &payload{zp: zp, zeroCopy: zeroCopy}, nil
 }
+
+// bytes returns the payload data.
+func (p *payload) bytes() []byte { return p.zp.Bytes() }
 
 // send writes n bytes of the payload to conn (n <= len).
 func (p *payload) send(conn net.Conn, n int) (int, error) {
-	if p.sf != nil {
-		if w, ok, err := p.sf.send(conn, n); ok {
-			return w, err
-		}
+	if p.zeroCopy {
+		return p.zp.Send(conn, n)
 	}
-	return conn.Write(p.buf[:n])
+	return p.zp.Write(conn, n)
 }
 
 // close releases the payload's kernel resources.
 func (p *payload) close() {
-	if p != nil && p.sf != nil {
-		p.sf.close()
+	if p != nil {
+		_ = p.zp.Close()
 	}
 }
 

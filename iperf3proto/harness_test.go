@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packetparamedic/reflector/dataplane/udpaccept"
 	"github.com/packetparamedic/reflector/internal/testutil"
 	"github.com/rs/zerolog"
 )
@@ -17,7 +18,7 @@ import (
 type testServer struct {
 	srv     *Server
 	ln      net.Listener
-	ua      *reusePortAcceptor
+	ua      *udpaccept.Acceptor
 	port    int
 	results chan *TestResult
 	errs    chan error
@@ -33,7 +34,7 @@ func startServer(t testing.TB, host string, cfg ServerConfig, count int) *testSe
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ctx, cancel := context.WithCancel(context.Background())
-	ua, err := listenUDPAcceptor(ctx, net.JoinHostPort(host, strconv.Itoa(port)))
+	ua, err := udpaccept.NewAcceptor(ctx, net.JoinHostPort(host, strconv.Itoa(port)), nil)
 	if err != nil {
 		t.Fatalf("listen udp: %v", err)
 	}

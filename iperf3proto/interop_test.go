@@ -24,6 +24,10 @@ type interopCase struct {
 	check func(t *testing.T, j *iperfJSON, r *TestResult)
 }
 
+// rateTolerance bounds a paced (-b) rate's error: 15%, since on a loaded
+// 2-core CI box under -race a sender can be starved for a while.
+const rateTolerance = 0.15
+
 // inFlightPerStream bounds what one TCP stream can have in socket buffers
 // (send plus receive) on loopback.
 const inFlightPerStream = 16 << 20
@@ -183,14 +187,14 @@ func interopCases() []interopCase {
 		}},
 		{name: "b500M", args: []string{"-t", "2", "-b", "500M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			forward(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, 0.10) {
-				t.Errorf("rate %.0f, want 500M within 10%%", bps)
+			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
+				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "R_b500M", args: []string{"-t", "2", "-b", "500M", "-R"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			reverse(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, 0.10) {
-				t.Errorf("rate %.0f, want 500M within 10%%", bps)
+			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
+				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "get_server_output", args: []string{"-t", "1", "--get-server-output"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/packetparamedic/reflector/dataplane/udpaccept"
 )
 
 // EndReason says how a test ended.
@@ -233,7 +235,12 @@ func ListenAndServe(ctx context.Context, addr string, cfg ServerConfig, oneOff b
 		return fmt.Errorf("iperf3 listen address %q: %w", addr, err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	ua, err := listenUDPAcceptor(ctx, net.JoinHostPort(host, fmt.Sprint(port)))
+	var allow func(netip.AddrPort) bool
+	if cfg.AllowedSource.IsValid() {
+		want := cfg.AllowedSource.Unmap()
+		allow = func(ap netip.AddrPort) bool { return ap.Addr() == want }
+	}
+	ua, err := udpaccept.NewAcceptor(ctx, net.JoinHostPort(host, fmt.Sprint(port)), allow)
 	if err != nil {
 		return fmt.Errorf("iperf3 listen udp: %w", err)
 	}
@@ -444,7 +451,11 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 		}
 	}
 	t.wantTCP.Store(false)
-	if err := t.setupStreams(conns); err != nil {
+	err = t.setupStreams(conns)
+	if err == nil {
+		err = t.preparePayload()
+	}
+	if err != nil {
 		closeConns()
 		_ = writeServerError(ctrl, ErrStreamAccept, 0)
 		return fail(EndError, err)
@@ -798,7 +809,7 @@ func (t *test) startWorker(st *stream) {
 	st.started = true
 	switch {
 	case st.sender:
-		pl := t.payload()
+		pl := t.pl
 		var lim *sendLimit
 		if p.Bytes > 0 {
 			lim = t.limit(p.Bytes)
@@ -817,21 +828,22 @@ func (t *test) startWorker(st *stream) {
 	}
 }
 
-// payload returns the test's shared send payload (workers are started
-// from the test goroutine only).
-func (t *test) payload() *payload {
-	if t.pl == nil {
-		size := t.params.BlockLen()
-		if !t.params.UDP {
-			size = sendChunk(size, t.params.Bandwidth, t.params.ZeroCopy)
-		}
-		pl, err := newPayload(size, t.params.RepeatingPayload, !t.params.UDP && t.params.ZeroCopy)
-		if err != nil {
-			pl = &payload{buf: make([]byte, size)}
-		}
-		t.pl = pl
+// preparePayload builds the send payload when the server sends.
+func (t *test) preparePayload() error {
+	if !t.params.Reverse && !t.params.Bidirectional {
+		return nil
 	}
-	return t.pl
+	p := t.params
+	size := p.BlockLen()
+	if !p.UDP {
+		size = sendChunk(size, p.Bandwidth, p.ZeroCopy)
+	}
+	pl, err := newPayload(size, p.RepeatingPayload, !p.UDP && p.ZeroCopy)
+	if err != nil {
+		return err
+	}
+	t.pl = pl
+	return nil
 }
 
 // limit returns the test's shared send budget.

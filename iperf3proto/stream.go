@@ -142,7 +142,7 @@ func (s *stream) runTCPReceiver(lowat int, meter *atomic.Int64) {
 func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
 	defer close(s.done)
 	buf := make([]byte, blk)
-	copy(buf, p.buf)
+	copy(buf, p.bytes())
 	pc := pacer{bps: bps, start: time.Now()}
 	var seq uint64
 	softErrors := 0
