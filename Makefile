@@ -67,6 +67,13 @@ bench:
 bench-compare: build
 	$(GO) run ./bench/cmd/compare -reflector $(BIN)
 
+## echo-compare: UDP echo RTT p50/p99 on loopback, `reflector test udp-echo`
+## against our server vs `sockperf ping-pong` against `sockperf server`
+## (needs sockperf: apt-get install -y sockperf; installs nothing).
+.PHONY: echo-compare
+echo-compare: build
+	$(GO) run ./bench/cmd/echocompare -reflector $(BIN)
+
 clean:
 	rm -rf bin
 
