@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -183,4 +184,47 @@ func TestStressLoadHeld(t *testing.T) {
 
 func pct(sorted []time.Duration, p int) time.Duration {
 	return sorted[(len(sorted)-1)*p/100].Round(time.Microsecond)
+}
+
+// TestStressLoadHeldBinaryRSS measures what the server alone holds for
+// 1,000 idle authorized connections: the built binary's VmRSS before and
+// after they are opened, every one still answering get_status.
+func TestStressLoadHeldBinaryRSS(t *testing.T) {
+	needFDs(t, idlePeers+500)
+	owner := servertest.NewKey(t)
+	b := newBinServer(t, owner)
+	first := b.start(owner)
+	defer first.Close()
+	pid := strconv.Itoa(b.cmd.Process.Pid)
+	rss0 := vmRSS(pid)
+	conns := make([]*client.Client, 0, idlePeers)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for len(conns) < idlePeers {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		c, err := client.Dial(ctx, b.cfg.Network.ListenAddress, owner, "")
+		cancel()
+		if err != nil {
+			t.Fatalf("idle connection %d: %v", len(conns), err)
+		}
+		c.Timeout = 10 * time.Second
+		conns = append(conns, c)
+	}
+	var slowest time.Duration
+	for i, c := range conns {
+		t0 := time.Now()
+		if _, err := c.Status(); err != nil {
+			t.Fatalf("idle connection %d: get_status: %v", i, err)
+		}
+		slowest = max(slowest, time.Since(t0))
+	}
+	rss1 := vmRSS(pid)
+	t.Logf("reflector binary VmRSS: %d KiB with 1 connection, %d KiB with %d idle connections (%.1f KiB each); slowest get_status %v",
+		rss0, rss1, len(conns)+1, float64(rss1-rss0)/float64(len(conns)), slowest)
+	if slowest > time.Second {
+		t.Fatalf("slowest get_status %v, want within 1 s", slowest)
+	}
 }
