@@ -1,11 +1,8 @@
 package iperf3proto
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 
 	"github.com/packetparamedic/reflector/dataplane/zerocopy"
 )
@@ -28,63 +25,18 @@ func sendChunk(blk int, bps uint64, zeroCopy bool) int {
 // the client ends the test, so the tail is drained after TEST_END.
 const serverRcvLowat = 256 << 10
 
-// spliceChunk bounds one zero-copy receive so byte counters stay live.
-const spliceChunk = 1 << 20
-
-// recvBufSize is the user-space buffer of the copying receive path.
-const recvBufSize = 256 << 10
-
 // discardTCP reads conn until EOF or error, reporting every chunk to
-// onBytes, and returns the total. It moves bytes socket -> pipe -> /dev/null
-// with splice(2) where it can (our own loop on Linux; os.File.ReadFrom
-// elsewhere, which splices where the platform allows) and falls back to
-// reading into one reused buffer. lowat is passed to spliceDiscard: only
-// a receiver whose peer decides the end may use it (the server), since the
-// tail below it is counted only by a later drainQueued.
+// onBytes, and returns the total. On sockets it uses our splice(2) loop
+// (socket -> pipe -> /dev/null) with the receive low-watermark lowat;
+// anything else (TLS, tunnel streams) goes through zerocopy.Discard's
+// pooled read loop. lowat is only for a receiver whose peer decides the end
+// (the server), since the tail below it is counted only by a later
+// drainQueued.
 func discardTCP(conn net.Conn, lowat int, onBytes func(int)) (int64, error) {
 	if n, ok, err := spliceDiscard(conn, lowat, onBytes); ok {
 		return n, err
 	}
-	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		return discardCopy(conn, onBytes)
-	}
-	defer func() { _ = null.Close() }()
-	var total int64
-	lr := &io.LimitedReader{R: conn}
-	for {
-		lr.N = spliceChunk
-		n, err := null.ReadFrom(lr)
-		if n > 0 {
-			total += n
-			onBytes(int(n))
-		}
-		if err != nil {
-			return total, err
-		}
-		if n == 0 {
-			return total, nil
-		}
-	}
-}
-
-// discardCopy is the copying receive path.
-func discardCopy(conn net.Conn, onBytes func(int)) (int64, error) {
-	buf := make([]byte, recvBufSize)
-	var total int64
-	for {
-		n, err := conn.Read(buf)
-		if n > 0 {
-			total += int64(n)
-			onBytes(n)
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return total, nil
-			}
-			return total, err
-		}
-	}
+	return zerocopy.Discard(conn, onBytes)
 }
 
 // payload is the data a sender transmits (dataplane/zerocopy): random
