@@ -5,6 +5,8 @@ package stress
 import (
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,7 +46,12 @@ func TestStressAuditDiskFull(t *testing.T) {
 		directConfig(c)
 		c.Access.AuthorizedPeers = []string{servertest.ID(key).String()}
 		c.Logging.AuditLogPath = filepath.Join(mnt, "audit.jsonl")
+		c.Metrics.ListenAddress = "127.0.0.1:0"
 	}, server.Options{NewSessions: session.NewSessions})
+	healthURL := "http://" + h.Server.MetricsAddr().String() + "/health"
+	if code, body := health(t, healthURL); code != http.StatusOK {
+		t.Fatalf("/health before the disk filled: %d %s", code, body)
+	}
 	cfgPath := filepath.Join(h.StateDir, "reflector.toml")
 	if err := os.WriteFile(cfgPath, []byte(h.Config.TOML()), 0o600); err != nil {
 		t.Fatal(err)
@@ -124,6 +131,11 @@ func TestStressAuditDiskFull(t *testing.T) {
 		t.Fatalf("reflector status on a full disk: %+v, want the audit failure", st)
 	}
 	t.Logf("reflector status --json: audit_healthy %v, audit_error %q", st.AuditHealthy, st.AuditError)
+	code, body := health(t, healthURL)
+	if code == http.StatusOK {
+		t.Fatalf("/health on a full audit disk: %d %s", code, body)
+	}
+	t.Logf("/health on a full disk: %d %s", code, strings.TrimSpace(body))
 	if _, err := c.Status(); err != nil {
 		t.Fatalf("get_status with a full audit disk: %v", err)
 	}
@@ -146,6 +158,9 @@ func TestStressAuditDiskFull(t *testing.T) {
 	}
 	if st := reflectorStatus(t, cfgPath); !st.AuditHealthy {
 		t.Fatalf("status after recovery: %+v", st)
+	}
+	if code, body := health(t, healthURL); code != http.StatusOK {
+		t.Fatalf("/health after recovery: %d %s", code, body)
 	}
 	lines, torn := partialLines(t, h.Config.Logging.AuditLogPath, true)
 	t.Logf("audit log: %d whole lines, %d torn by ENOSPC (each followed by a whole line)", len(lines), torn)
@@ -180,6 +195,19 @@ func partialLines(t *testing.T, path string, final bool) ([]map[string]any, int)
 		out = append(out, m)
 	}
 	return out, torn
+}
+
+// health fetches /health.
+func health(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b)
 }
 
 // reflectorStatus runs the built `reflector status --json`.
