@@ -11,7 +11,12 @@
 //
 // sockperf reports one-way latency, half the measured round trip, unless
 // given --full-rtt; this tool runs it without that flag and doubles its
-// figures, so both columns are round-trip times. It needs sockperf (Debian:
+// figures, so both columns are round-trip times. With -timestamped our runs
+// use the reflector's timestamped echo and the table adds our server's mean
+// time from the kernel's receive stamp to the send, its share of the round
+// trip (sockperf's server cannot be pointed at by our client, nor ours by
+// sockperf's: it expects its server to mark the reply, which RFC 862 echo
+// does not). It needs sockperf (Debian:
 // apt-get install sockperf) and installs nothing. Both servers start once and
 // stay up for the whole run; everything started is stopped at the end.
 // Results are informational: the exit status is 0 unless something failed to
@@ -49,7 +54,9 @@ type options struct {
 	rates     []int
 	size      int
 	json      bool
-	timeout   time.Duration
+	// timestamped runs ours with --timestamped (server time column).
+	timestamped bool
+	timeout     time.Duration
 }
 
 // maxRate is the highest rate accepted: the reflector's default
@@ -68,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&rates, "rates", "1000,10000", "comma-separated packet rates (packets per second)")
 	fs.IntVar(&o.size, "size", 64, "datagram size in bytes")
 	fs.BoolVar(&o.json, "json", false, "print the results, with every run, as JSON instead of a table")
+	fs.BoolVar(&o.timestamped, "timestamped", false, "run ours in timestamped mode and report our server's mean receive-to-send time")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on the whole comparison")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -144,22 +152,26 @@ type rtt struct {
 	// Sent and Received count the probes of the measured interval.
 	Sent     uint64 `json:"sent"`
 	Received uint64 `json:"received"`
+	// ServerUs is our server's mean receive-to-send time (-timestamped).
+	ServerUs float64 `json:"server_time_us,omitempty"`
 }
 
 // side is one tool's runs at one rate.
 type side struct {
-	MedianP50us float64 `json:"median_rtt_p50_us"`
-	MedianP99us float64 `json:"median_rtt_p99_us"`
-	Runs        []rtt   `json:"runs"`
+	MedianP50us    float64 `json:"median_rtt_p50_us"`
+	MedianP99us    float64 `json:"median_rtt_p99_us"`
+	MedianServerUs float64 `json:"median_server_time_us,omitempty"`
+	Runs           []rtt   `json:"runs"`
 }
 
 func (s *side) summarize() {
-	var p50, p99 []float64
+	var p50, p99, srv []float64
 	for _, r := range s.Runs {
 		p50 = append(p50, r.P50us)
 		p99 = append(p99, r.P99us)
+		srv = append(srv, r.ServerUs)
 	}
-	s.MedianP50us, s.MedianP99us = median(p50), median(p99)
+	s.MedianP50us, s.MedianP99us, s.MedianServerUs = median(p50), median(p99), median(srv)
 }
 
 // rateResult is the comparison at one rate.
@@ -259,13 +271,25 @@ func ratio(a, b float64) float64 {
 func printTable(w io.Writer, results []rateResult, o options) {
 	fmt.Fprintf(w, "\nUDP echo on loopback, %d-byte datagrams, %d rounds of -t %d per side and rate, alternating; medians over the rounds.\n", o.size, o.rounds, o.seconds)
 	fmt.Fprintf(w, "ours = reflector test udp-echo against reflector serve (direct_ephemeral); sockperf = sockperf ping-pong against sockperf server.\n")
-	fmt.Fprintf(w, "All figures are round-trip times: sockperf's one-way latency (RTT/2) is doubled. ratio = ours / sockperf.\n\n")
+	fmt.Fprintf(w, "All figures are round-trip times: sockperf's one-way latency (RTT/2) is doubled. ratio = ours / sockperf.\n")
+	if o.timestamped {
+		fmt.Fprintf(w, "ours ran timestamped; ours server us = our server's mean time from the kernel's receive stamp to the send.\n")
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "rate pps\tours RTT p50 us\tours RTT p99 us\tsockperf RTT p50 us\tsockperf RTT p99 us\tratio p50\tratio p99\t")
+	head := "rate pps\tours RTT p50 us\tours RTT p99 us\tsockperf RTT p50 us\tsockperf RTT p99 us\tratio p50\tratio p99\t"
+	if o.timestamped {
+		head += "ours server us\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t\n", r.Rate,
+		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t", r.Rate,
 			r.Ours.MedianP50us, r.Ours.MedianP99us, r.Sockperf.MedianP50us, r.Sockperf.MedianP99us,
 			r.RatioP50, r.RatioP99)
+		if o.timestamped {
+			fmt.Fprintf(tw, "%.1f\t", r.Ours.MedianServerUs)
+		}
+		fmt.Fprintln(tw)
 	}
 	_ = tw.Flush()
 }

@@ -72,6 +72,8 @@ func TestParseTestDoc(t *testing.T) {
 	}{
 		{name: "echo", doc: `{"test_type":"udp_echo","echo":{"sent":5000,"received":4999,"rtt_p50_ms":0.0625,"rtt_p99_ms":0.25}}`,
 			want: rtt{P50us: 62.5, P99us: 250, Sent: 5000, Received: 4999}},
+		{name: "timestamped", doc: `{"echo":{"sent":10,"received":10,"rtt_p50_ms":0.1,"rtt_p99_ms":0.2,"server_time_ms":0.0125}}`,
+			want: rtt{P50us: 100, P99us: 200, ServerUs: 12.5, Sent: 10, Received: 10}},
 		{name: "denied", doc: `{"denied":{"reason":"busy","message":"1 of 1 concurrent tests running","retry_after_sec":2}}`, denied: true},
 		{name: "error", doc: `{"error":"echo: read: connection refused"}`, fails: true},
 		{name: "nothing back", doc: `{"echo":{"sent":10,"received":0}}`, fails: true},
@@ -91,7 +93,7 @@ func TestParseTestDoc(t *testing.T) {
 					t.Fatalf("parseTestDoc = %+v, %v; want a failure", m, err)
 				}
 			default:
-				if err != nil || !near(m.P50us, tc.want.P50us) || !near(m.P99us, tc.want.P99us) || m.Sent != tc.want.Sent || m.Received != tc.want.Received {
+				if err != nil || !near(m.P50us, tc.want.P50us) || !near(m.P99us, tc.want.P99us) || !near(m.ServerUs, tc.want.ServerUs) || m.Sent != tc.want.Sent || m.Received != tc.want.Received {
 					t.Fatalf("parseTestDoc = %+v, %v; want %+v", m, err, tc.want)
 				}
 			}

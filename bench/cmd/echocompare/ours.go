@@ -35,6 +35,7 @@ type oursServer struct {
 	exe, keyPath, addr string
 	portLo, portHi     int
 	seconds, size      int
+	timestamped        bool
 	proc               *iperfrun.Process
 }
 
@@ -45,7 +46,7 @@ func (s *oursServer) stop() { s.proc.Stop() }
 // startOurs writes the configuration (direct_ephemeral, free ports on
 // 127.0.0.1, quotas that a comparison cannot hit) and starts the server.
 func startOurs(ctx context.Context, o options, dir string) (*oursServer, error) {
-	s := &oursServer{exe: o.reflector, keyPath: filepath.Join(dir, "client.ed25519"), seconds: o.seconds, size: o.size}
+	s := &oursServer{exe: o.reflector, keyPath: filepath.Join(dir, "client.ed25519"), seconds: o.seconds, size: o.size, timestamped: o.timestamped}
 	idCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	out, err := exec.CommandContext(idCtx, s.exe, "show-id", "--identity", s.keyPath).Output()
 	cancel()
@@ -121,6 +122,7 @@ type testDoc struct {
 		Received uint64  `json:"received"`
 		P50ms    float64 `json:"rtt_p50_ms"`
 		P99ms    float64 `json:"rtt_p99_ms"`
+		ServerMs float64 `json:"server_time_ms"`
 	} `json:"echo"`
 }
 
@@ -147,7 +149,8 @@ func parseTestDoc(b []byte) (rtt, error) {
 	case d.Echo.Received == 0:
 		return rtt{}, fmt.Errorf("reflector test: none of %d probes came back", d.Echo.Sent)
 	}
-	return rtt{P50us: d.Echo.P50ms * 1000, P99us: d.Echo.P99ms * 1000, Sent: d.Echo.Sent, Received: d.Echo.Received}, nil
+	return rtt{P50us: d.Echo.P50ms * 1000, P99us: d.Echo.P99ms * 1000, ServerUs: d.Echo.ServerMs * 1000,
+		Sent: d.Echo.Sent, Received: d.Echo.Received}, nil
 }
 
 // measure runs `reflector test udp-echo` once at rate, retrying a denied
@@ -180,6 +183,9 @@ func (s *oursServer) once(ctx context.Context, rate int) (rtt, error) {
 	defer cancel()
 	args := []string{"test", "--peer", s.addr, "--identity", s.keyPath, "--json", "udp-echo",
 		"-t", strconv.Itoa(s.seconds), "--rate", strconv.Itoa(rate), "--size", strconv.Itoa(s.size)}
+	if s.timestamped {
+		args = append(args, "--timestamped")
+	}
 	cmd := exec.CommandContext(ctx, s.exe, args...)
 	cmd.WaitDelay = 5 * time.Second
 	stdout := &iperfrun.TailBuffer{Max: 1 << 20}
