@@ -50,7 +50,6 @@ type denialCount struct {
 	fullWritten bool
 	total       uint64
 	reasons     map[string]uint64
-	sources     uint64 // only for the overflow entry: distinct sources seen
 }
 
 func newDenialAggregator(w audit.Writer, maxSources int) *denialAggregator {
@@ -94,7 +93,6 @@ func (d *denialAggregator) entry(addr netip.Addr, now time.Time) *denialCount {
 		return c
 	}
 	if len(d.sources) >= d.cap {
-		d.other.sources++
 		return &d.other
 	}
 	c := &denialCount{}
@@ -120,7 +118,7 @@ func (d *denialAggregator) flush(now time.Time) error {
 	d.sources, d.other, d.start = map[netip.Addr]*denialCount{}, denialCount{}, time.Time{}
 	d.mu.Unlock()
 	var first error
-	write := func(addr string, c *denialCount, extra map[string]any) {
+	write := func(addr string, c *denialCount) {
 		if c.total == 0 {
 			return
 		}
@@ -129,9 +127,6 @@ func (d *denialAggregator) flush(now time.Time) error {
 			"reasons":      c.reasons,
 			"window_start": start.UTC().Format(time.RFC3339),
 			"window_sec":   max(1, int(now.Sub(start).Round(time.Second)/time.Second)),
-		}
-		for k, v := range extra {
-			details[k] = v
 		}
 		err := d.w.Write(audit.Event{
 			EventType: audit.RateLimited,
@@ -145,9 +140,9 @@ func (d *denialAggregator) flush(now time.Time) error {
 		}
 	}
 	for a, c := range sources {
-		write(a.String(), c, nil)
+		write(a.String(), c)
 	}
-	write(OtherSources, &other, map[string]any{"sources": other.sources})
+	write(OtherSources, &other)
 	return first
 }
 

@@ -55,7 +55,8 @@ func TestDenialAggregatorBounded(t *testing.T) {
 		n := e.Details["count"].(uint64)
 		if e.PeerAddr == OtherSources {
 			otherCount = n
-			if e.Details["sources"].(uint64) != (2000-16)*4 {
+			r := e.Details["reasons"].(map[string]uint64)
+			if r[ReasonNotAuthorized] != (2000-16)*3 || r[ReasonHandshakeFailed] != 2000-16 {
 				t.Fatalf("other line %+v", e.Details)
 			}
 			continue
