@@ -49,7 +49,11 @@ func (e *DeniedError) Error() string {
 type Client struct {
 	conn     *link.Conn
 	serverID identity.EndpointID
-	ids      link.RequestIDs
+	// addr, cert and expect open the tunnel connections of tunneled tests.
+	addr   string
+	cert   tls.Certificate
+	expect identity.EndpointID
+	ids    link.RequestIDs
 	// Timeout bounds each call; zero means DefaultCallTimeout.
 	Timeout time.Duration
 }
@@ -71,7 +75,7 @@ func Dial(ctx context.Context, addr string, key ed25519.PrivateKey, expect ident
 		_ = tc.Close()
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	return &Client{conn: link.NewConn(tc), serverID: id}, nil
+	return &Client{conn: link.NewConn(tc), serverID: id, addr: addr, cert: cert, expect: expect}, nil
 }
 
 // DialTLS opens a mutual-TLS pp-link/1 connection with cert and returns

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -12,10 +11,6 @@ import (
 	"github.com/packetparamedic/reflector/dataplane/echo"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
-
-// ErrTunneledGrant is returned by RunThroughput and RunEcho when the
-// reflector grants a tunneled session, which they cannot run yet.
-var ErrTunneledGrant = errors.New("the reflector granted a tunneled session; only direct_ephemeral tests can be run by this client")
 
 // resultWait bounds how long the runners wait for the reflector to finish
 // its side of a test before asking for its result.
@@ -66,7 +61,7 @@ func seconds(d time.Duration) int {
 // control host at the granted port.
 func grantAddr(host string, g *link.SessionGrant) (string, error) {
 	if g.Mode != link.ModeDirectEphemeral {
-		return "", fmt.Errorf("%w (mode %q)", ErrTunneledGrant, g.Mode)
+		return "", fmt.Errorf("grant with unknown mode %q", g.Mode)
 	}
 	if g.Port <= 0 || g.Port > 65535 {
 		return "", fmt.Errorf("grant with invalid port %d", g.Port)
@@ -77,7 +72,9 @@ func grantAddr(host string, g *link.SessionGrant) (string, error) {
 // RunThroughput asks the reflector for a throughput session and runs it
 // with the native iperf3 client against host (the reflector's address
 // without port), calling progress once a second. A refusal is a
-// *DeniedError. The client runs the granted duration and stream count.
+// *DeniedError. The client runs the granted duration and stream count. A
+// tunneled grant runs through the control port (Tunnel); UDP blocks are
+// then sized to fit the tunnel's datagrams.
 func (c *Client) RunThroughput(ctx context.Context, host string, o ThroughputOptions, progress func(iperf3proto.Interval)) (*ThroughputReport, error) {
 	proto := link.ProtocolTCP
 	if o.UDP {
@@ -96,13 +93,36 @@ func (c *Client) RunThroughput(ctx context.Context, host string, o ThroughputOpt
 		return nil, err
 	}
 	rep := &ThroughputReport{Grant: *g}
-	addr, err := grantAddr(host, g)
-	if err != nil {
-		_ = c.CloseSession(g.TestID)
-		return rep, err
+	var d iperf3proto.Dialer
+	var addr string
+	blockLen := 0
+	if g.Mode == link.ModeTunneled {
+		t, err := c.Tunnel(g)
+		if err != nil {
+			_ = c.CloseSession(g.TestID)
+			return rep, err
+		}
+		if o.UDP {
+			// Attach the QUIC session first: a UDP port that does not
+			// answer fails here, and the datagram size is known.
+			if _, err := t.Session(ctx); err != nil {
+				_ = c.CloseSession(g.TestID)
+				return rep, err
+			}
+			blockLen = t.MaxUDPPayload()
+		}
+		defer t.Close()
+		d, addr = t, "tunnel "+t.Addr()
+	} else {
+		if addr, err = grantAddr(host, g); err != nil {
+			_ = c.CloseSession(g.TestID)
+			return rep, err
+		}
+		d = &iperf3proto.NetDialer{Address: addr}
 	}
 	cfg := iperf3proto.ClientConfig{
-		UDP: o.UDP, Duration: time.Duration(p.DurationSec) * time.Second,
+		BlockLen: blockLen,
+		UDP:      o.UDP, Duration: time.Duration(p.DurationSec) * time.Second,
 		Parallel: max(o.Streams, 1), Reverse: o.Reverse, Bandwidth: o.Bitrate,
 	}
 	if g.DurationSec > 0 {
@@ -111,7 +131,7 @@ func (c *Client) RunThroughput(ctx context.Context, host string, o ThroughputOpt
 	if g.Streams > 0 {
 		cfg.Parallel = g.Streams
 	}
-	rep.Client, err = iperf3proto.RunClient(ctx, &iperf3proto.NetDialer{Address: addr}, cfg, progress)
+	rep.Client, err = iperf3proto.RunClient(ctx, d, cfg, progress)
 	if err != nil {
 		// Say why when the reflector ended the test (quota, deadline).
 		rep.Server = c.finalResult(ctx, g.TestID)
@@ -139,24 +159,22 @@ func (c *Client) RunEcho(ctx context.Context, host string, o EchoOptions, progre
 		return nil, err
 	}
 	rep := &EchoReport{Grant: *g}
-	addr, err := grantAddr(host, g)
+	conn, addr, err := c.echoConn(ctx, host, g)
 	if err != nil {
 		_ = c.CloseSession(g.TestID)
 		return rep, err
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "udp", addr)
-	if err != nil {
-		_ = c.CloseSession(g.TestID)
-		return rep, fmt.Errorf("echo dial %s: %w", addr, err)
 	}
 	defer conn.Close()
 	dur := time.Duration(p.DurationSec) * time.Second
 	if g.DurationSec > 0 {
 		dur = time.Duration(g.DurationSec) * time.Second
 	}
+	size := o.Size
+	if f, ok := conn.(*tunnelFlow); ok && size > f.max {
+		size = f.max
+	}
 	rep.Client, err = echo.Probe(ctx, conn, echo.ProbeConfig{
-		Rate: o.Rate, Size: o.Size, Duration: dur, Timestamped: o.Timestamped,
+		Rate: o.Rate, Size: size, Duration: dur, Timestamped: o.Timestamped,
 	}, progress)
 	// The probe has run its duration: end the session now rather than at
 	// its deadline.
@@ -169,6 +187,46 @@ func (c *Client) RunEcho(ctx context.Context, host string, o EchoOptions, progre
 	}
 	rep.Server = c.finalResult(ctx, g.TestID)
 	return rep, nil
+}
+
+// tunnelFlow is the echo flow of a tunneled udp_echo test; closing it
+// closes its QUIC session.
+type tunnelFlow struct {
+	net.Conn
+	t   *Tunnel
+	max int // the largest datagram the flow carries
+}
+
+func (f *tunnelFlow) Close() error {
+	_ = f.Conn.Close()
+	return f.t.Close()
+}
+
+// echoConn opens the datagram connection of an echo grant: a UDP socket
+// to the granted port, or flow 0 of the tunnel's QUIC session. addr names
+// it for errors.
+func (c *Client) echoConn(ctx context.Context, host string, g *link.SessionGrant) (net.Conn, string, error) {
+	if g.Mode == link.ModeTunneled {
+		t, err := c.Tunnel(g)
+		if err != nil {
+			return nil, "", err
+		}
+		q, err := t.Session(ctx)
+		if err != nil {
+			return nil, "", err
+		}
+		return &tunnelFlow{Conn: q.Flow(0), t: t, max: t.MaxUDPPayload()}, "tunnel " + t.Addr(), nil
+	}
+	addr, err := grantAddr(host, g)
+	if err != nil {
+		return nil, "", err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "udp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("echo dial %s: %w", addr, err)
+	}
+	return conn, addr, nil
 }
 
 // finalResult asks for the reflector's result until the test is no longer

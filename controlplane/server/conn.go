@@ -19,6 +19,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
+	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
 )
 
@@ -137,7 +138,9 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	}()
 	log := s.log.With().Uint64("conn", connID).Str("peer_addr", addr.String()).Logger()
 
-	tc := tls.Server(nc, s.tlsConf)
+	// BatchConn: an attached tunnel connection sends its TLS records in
+	// large writes (see dataplane/tunnel).
+	tc := tls.Server(tunnel.NewBatchConn(nc), s.tlsConf)
 	hctx, hcancel := context.WithTimeout(s.ctx, s.handshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	hcancel()

@@ -27,6 +27,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
+	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
 )
 
@@ -111,6 +112,7 @@ type Server struct {
 	mu        sync.Mutex
 	ln        net.Listener
 	admin     *admin.Server
+	quic      *tunnel.QUICListener // tunneled UDP tests; nil when not listening
 	httpAddr  net.Addr
 	stopHTTP  context.CancelFunc
 	started   time.Time
@@ -302,6 +304,10 @@ func (s *Server) Start(ctx context.Context) error {
 	s.mu.Unlock()
 
 	s.banner(ln.Addr())
+	quic := s.startQUIC(ln.Addr())
+	s.mu.Lock()
+	s.quic = quic
+	s.mu.Unlock()
 	if httpAddr != nil {
 		s.log.Info().Str("listen", httpAddr.String()).Msg("serving /metrics and /health")
 	}
@@ -437,7 +443,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	grace := time.Duration(max(s.cfg.Limits.ShutdownGraceSec, 0)) * time.Second
 	s.drainEnd = s.now().Add(grace)
-	ln, adm, cancel, stopHTTP := s.ln, s.admin, s.cancel, s.stopHTTP
+	ln, adm, cancel, stopHTTP, quic := s.ln, s.admin, s.cancel, s.stopHTTP, s.quic
 	s.mu.Unlock()
 
 	var errs []error
@@ -456,6 +462,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if err := s.sessions.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("end sessions: %w", err))
+	}
+	if quic != nil {
+		if err := quic.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if cancel != nil {
 		cancel()

@@ -145,14 +145,22 @@ func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port 
 	if err != nil {
 		return nil, fmt.Errorf("listen tcp %s: %w", addr, err)
 	}
-	e := &throughputEngine{}
+	var udp udpAcceptor
 	if sp.Protocol == "udp" {
 		// validate refuses UDP throughput when openUDP is nil.
-		if e.udp, err = openUDP(ctx, addr, allowed); err != nil {
+		if udp, err = openUDP(ctx, addr, allowed); err != nil {
 			_ = ln.Close()
 			return nil, fmt.Errorf("listen udp %s: %w", addr, err)
 		}
 	}
+	return newThroughputEngine(ln, udp, allowed, sp, deadline, log), nil
+}
+
+// newThroughputEngine serves one iperf3 test from allowed on ln (and udp
+// for protocol udp; nil otherwise), limited to sp and ending by deadline
+// at the latest.
+func newThroughputEngine(ln net.Listener, udp udpAcceptor, allowed netip.Addr, sp *spec, deadline time.Time, log zerolog.Logger) *throughputEngine {
+	e := &throughputEngine{udp: udp}
 	e.ln = &countingListener{Listener: ln, allowed: allowed, foreign: &e.foreign}
 	wantUDP := sp.Protocol == "udp"
 	e.srv = iperf3proto.NewServer(iperf3proto.ServerConfig{
@@ -168,7 +176,7 @@ func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port 
 			return nil
 		},
 	})
-	return e, nil
+	return e
 }
 
 func (e *throughputEngine) meter() (int64, int64) { return e.srv.Meter() }

@@ -19,9 +19,13 @@
 // absent streams mean iperf3.default_streams. The iperf3 server then refuses
 // a client that asks for more than was granted.
 //
-// Tunneled mode (the default) needs the tunnel data plane, which does not
-// exist yet: a tunneled reflector denies every request with
-// resource_exhausted and says how to switch to direct_ephemeral.
+// Tunneled mode (the default) runs every test through the control port:
+// the grant says mode "tunneled" and names the control port, each TCP
+// stream of the test is a fresh TLS connection that attaches to the
+// session (tunnel_attach, Attach) and is handed to the test's in-process
+// iperf3 server, and UDP streams and udp_echo ride the datagrams of one
+// QUIC session on the same port number over UDP (AttachQUIC). Quotas,
+// deadline and byte accounting are those of direct mode.
 package session
 
 import (
@@ -36,6 +40,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -65,10 +70,6 @@ const (
 	// writeTimeout bounds answers written by Attach.
 	writeTimeout = 5 * time.Second
 )
-
-// TunneledUnavailable is the message of the deny a tunneled-mode reflector
-// sends while the tunnel data plane does not exist.
-const TunneledUnavailable = `tunneled data plane not available yet; set [network] mode = "direct_ephemeral"`
 
 // Ports lends data ports for direct_ephemeral sessions;
 // dataplane/portpool implements it. Acquire calls try with free ports
@@ -111,6 +112,7 @@ type Manager struct {
 	now     func() time.Time
 	openUDP openUDPFunc
 	host    string // the data plane binds here
+	ctlPort atomic.Int64
 
 	root       context.Context
 	cancelRoot context.CancelCauseFunc
@@ -136,6 +138,7 @@ type session struct {
 	granted   time.Time
 	expires   time.Time
 	eng       engine
+	tun       *tunnelPlane // tunneled mode; nil in direct mode
 	cancel    context.CancelCauseFunc
 	done      chan struct{}
 
@@ -227,10 +230,7 @@ func (m *Manager) soonestEndLocked() time.Time {
 // Request answers a session_request with a *link.SessionGrant or a
 // *link.SessionDeny. The grant is sent only once the data port listens.
 func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.SessionRequest) link.Message {
-	if m.cfg.Network.Mode != config.ModeDirectEphemeral {
-		return m.deny(peer, req, link.DenyResourceExhausted, TunneledUnavailable, nil)
-	}
-	sp, err := validate(m.cfg, req, m.openUDP != nil)
+	sp, err := validate(m.cfg, req, m.openUDP != nil || m.tunneled())
 	if err != nil {
 		return m.deny(peer, req, link.DenyInvalidParams, err.Error(), nil)
 	}
@@ -308,13 +308,16 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 		s.eng = e
 		return nil
 	}
-	s.port, err = m.ports.Acquire(open)
-	if err != nil {
+	mode := link.ModeDirectEphemeral
+	if m.tunneled() {
+		mode, s.port = link.ModeTunneled, m.controlPort()
+		m.openTunneled(s, allowed)
+	} else if s.port, err = m.ports.Acquire(open); err != nil {
 		return m.deny(peer, req, link.DenyResourceExhausted, "no data port free: "+err.Error(), nil)
 	}
 	abort := func() {
 		s.eng.close()
-		m.ports.Release(s.port)
+		m.release(s)
 	}
 	if err := m.quota.Begin(peer.ID.String(), now); err != nil {
 		abort()
@@ -324,7 +327,7 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 	ev := audit.Event{
 		EventType: audit.SessionGranted, PeerID: peer.ID.String(), PeerAddr: peer.Addr.String(),
 		TestType: sp.TestType, TestID: s.id, Params: sp, Decision: "granted",
-		Details: map[string]any{"mode": link.ModeDirectEphemeral, "port": s.port, "expires_at": s.expires.UTC().Format(time.RFC3339Nano)},
+		Details: map[string]any{"mode": mode, "port": s.port, "expires_at": s.expires.UTC().Format(time.RFC3339Nano)},
 	}
 	if err := m.audit.Write(ev); err != nil {
 		// Fail closed: nothing is granted that is not on record. The start
@@ -346,10 +349,33 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 	m.log.Info().Str("peer", peer.ID.String()).Str("test_id", s.id).Str("test_type", sp.TestType).
 		Int("port", s.port).Int("duration_sec", sp.DurationSec).Msg("session granted")
 	return &link.SessionGrant{
-		TestID: s.id, Mode: link.ModeDirectEphemeral, Port: s.port, Token: s.token,
+		TestID: s.id, Mode: mode, Port: s.port, Token: s.token,
 		ExpiresAt:   s.expires.UTC().Format(time.RFC3339Nano),
 		DurationSec: sp.DurationSec, Streams: sp.Streams, Clamped: len(sp.Clamped) > 0,
 	}
+}
+
+// release gives a direct session's data port back to the pool; a
+// tunneled session's attach targets are closed with its engine.
+func (m *Manager) release(s *session) {
+	if s.tun != nil {
+		if s.tun.conns != nil {
+			_ = s.tun.conns.Close()
+		}
+		if s.tun.flows != nil {
+			_ = s.tun.flows.Close()
+		}
+		return
+	}
+	m.ports.Release(s.port)
+}
+
+// mode is the session's link mode.
+func (s *session) mode() string {
+	if s.tun != nil {
+		return link.ModeTunneled
+	}
+	return link.ModeDirectEphemeral
 }
 
 // randomHex returns n random bytes in hex.
@@ -393,7 +419,7 @@ loop:
 	}
 	tick.Stop()
 	s.eng.close()
-	m.ports.Release(s.port)
+	m.release(s)
 	// The final count; a budget crossed only now is refused at the next
 	// request (quota_exceeded) rather than reported as a cut-off.
 	m.account(s)
@@ -451,7 +477,7 @@ func (m *Manager) finish(s *session, o outcome) {
 		EventType: audit.SessionCompleted, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
 		TestType: s.sp.TestType, TestID: s.id, Params: s.sp, Decision: "completed", Reason: o.reason,
 		BytesTransferred: &bytes, DurationSec: &secs,
-		Details: map[string]any{"port": s.port, "mode": link.ModeDirectEphemeral, "summary": json.RawMessage(summary)},
+		Details: map[string]any{"port": s.port, "mode": s.mode(), "summary": json.RawMessage(summary)},
 	}
 	if err := m.audit.Write(ev); err != nil {
 		m.log.Error().Err(err).Msg("session: audit session_completed")
@@ -541,12 +567,6 @@ func (m *Manager) Result(peer server.PeerInfo, testID string) link.Message {
 	return &link.Error{Code: link.CodeUnexpected, Message: "no such test: " + testID}
 }
 
-// Attach refuses tunnel attaches: the tunnel data plane does not exist yet.
-func (m *Manager) Attach(_ context.Context, peer server.PeerInfo, reqID string, req link.TunnelAttach, c *link.Conn) {
-	m.log.Info().Str("peer", peer.ID.String()).Str("test_id", req.TestID).Msg("tunnel attach refused: tunneled data plane not available")
-	_ = c.WriteMessage(reqID, &link.TunnelAttachResult{OK: false, Message: TunneledUnavailable}, writeTimeout)
-}
-
 // PeerGone ends the sessions requested over the closed control connection.
 func (m *Manager) PeerGone(peer server.PeerInfo) {
 	m.mu.Lock()
@@ -569,7 +589,7 @@ func (m *Manager) Status() server.SessionStatus {
 	act := make([]server.ActiveSession, 0, len(m.active))
 	for _, s := range m.active {
 		act = append(act, server.ActiveSession{
-			TestID: s.id, TestType: s.sp.TestType, Mode: link.ModeDirectEphemeral,
+			TestID: s.id, TestType: s.sp.TestType, Mode: s.mode(),
 			PeerID: s.peer.ID, PeerAddr: s.peer.Addr.String(),
 			Port: s.port, StartedAt: s.granted, ExpiresAt: s.expires,
 		})

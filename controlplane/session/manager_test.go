@@ -274,23 +274,27 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestTunneledModeDeniesHonestly(t *testing.T) {
+// TestTunneledGrant: a tunneled reflector grants mode "tunneled" on the
+// control port without lending a data port, and audits the mode.
+func TestTunneledGrant(t *testing.T) {
 	f := newFixture(t, func(c *config.Config) { c.Network.Mode = config.ModeTunneled })
-	d := mustDeny(t, f.m.Request(context.Background(), f.peer, throughputReq(2, 4, false)), link.DenyBusy)
-	if d.Message != TunneledUnavailable {
-		t.Fatalf("message %q", d.Message)
+	f.m.SetControlPort(4711)
+	g := mustGrant(t, f.m.Request(context.Background(), f.peer, throughputReq(2, 4, false)))
+	if g.Mode != link.ModeTunneled || g.Port != 4711 || g.Token == "" {
+		t.Fatalf("grant %+v", g)
 	}
-	if ev := f.audit.find(audit.SessionDenied, ""); ev == nil || ev.Reason != string(link.DenyResourceExhausted) {
-		t.Fatalf("audit %+v, want session_denied resource_exhausted", ev)
+	ev := f.audit.find(audit.SessionGranted, g.TestID)
+	if ev == nil || ev.Details["mode"] != link.ModeTunneled {
+		t.Fatalf("audit %+v", ev)
 	}
 	if f.ports.leased != 0 {
-		t.Fatal("a port was opened in tunneled mode")
+		t.Fatal("a data port was lent in tunneled mode")
+	}
+	if st := f.m.Status(); len(st.Active) != 1 || st.Active[0].Mode != link.ModeTunneled {
+		t.Fatalf("status %+v", st)
 	}
 }
 
-// TestApplianceSequence runs the appliance's upload-then-download sequence
-// with the default quotas against stock iperf3 and compares the audited
-// bytes with what iperf3 reports.
 func TestApplianceSequence(t *testing.T) {
 	f := newFixture(t, nil)
 	ctx := context.Background()

@@ -109,20 +109,6 @@ func TestServerApplianceSequence(t *testing.T) {
 	}
 }
 
-// TestServerTunneledDefault checks the honest refusal in the default mode.
-func TestServerTunneledDefault(t *testing.T) {
-	h := servertest.Start(t, nil, server.Options{NewSessions: session.NewSessions})
-	key := servertest.NewKey(t)
-	h.Authorize(key)
-	c := h.Dial(key)
-	defer c.Close()
-	_, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{DurationSec: 2}})
-	var d *client.DeniedError
-	if !errors.As(err, &d) || d.Deny.Reason != link.DenyBusy || d.Deny.Message != session.TunneledUnavailable {
-		t.Fatalf("request in tunneled mode: %v", err)
-	}
-}
-
 // TestServerDenyReasonByHello: with the only data port taken by another
 // peer's echo test, a connection that sent the appliance's hello is denied
 // busy (all its enum can decode) and one that sent our client's hello
