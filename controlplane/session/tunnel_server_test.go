@@ -13,8 +13,8 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/controlplane/server/servertest"
 	"github.com/packetparamedic/reflector/controlplane/session"
-	"github.com/packetparamedic/reflector/iperf3proto"
 	"github.com/packetparamedic/reflector/internal/testutil"
+	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
 // tunneledHarness runs a reflector in the default (tunneled) mode with one
