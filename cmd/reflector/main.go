@@ -66,6 +66,7 @@ func init() {
 		{"status", "[--json] [-c FILE]", "ask the running server for its status (exit 0 when serving)", runStatus},
 		{"pair-with", "--peer HOST:PORT --token T [--identity FILE] [--expect-id ID]", "pair this machine's client identity with a reflector", runPairWith},
 		{"test", "--peer HOST:PORT [--json] throughput|udp-echo [flags]", "run a throughput or UDP echo test against a reflector", runTest},
+		{"tunnel", "--peer HOST:PORT [--listen 127.0.0.1:5201] [-t 10] [-P 4] [-R] [--bidir] [-u]", "carry a stock iperf3 client's test through a tunneled reflector's control port", runTunnel},
 		{"iperf3-server", "[--listen 127.0.0.1:5201] [--one-off] [--json]", "run the native iperf3 server alone, without the control plane", runIperf3Server},
 		{"self-test", "[--json] [--duration 3s]", "check whether this host can sustain 1 Gbit/s tests (READY / DEGRADED / NOT READY)", runSelfTest},
 		{"version", "", "print the version", runVersion},

@@ -26,8 +26,18 @@ const (
 	AttachBadToken    = "bad_token"
 	AttachNotTunneled = "not_tunneled"      // a direct_ephemeral test
 	AttachWrongKind   = "wrong_stream_kind" // e.g. a TCP attach for udp_echo
-	AttachTooMany     = "too_many_attaches" // beyond streams + 1 (control)
+	AttachTooMany     = "too_many_attaches" // beyond the streams (x2 with bidir) + 1 (control)
 )
+
+// connections is the most TCP connections an iperf3 client opens for the
+// test: the control connection and its streams, twice as many with
+// --bidir (one per direction).
+func (s *spec) connections() int {
+	if s.Bidir {
+		return 2*s.Streams + 1
+	}
+	return s.Streams + 1
+}
 
 // tunnelPlane is the data plane of a tunneled session: the listener its
 // attached TLS connections are pushed into, and for UDP the acceptor (iperf3
@@ -122,8 +132,8 @@ func (m *Manager) checkAttach(peer server.PeerInfo, req link.TunnelAttach, kind 
 		if tp.conns == nil {
 			return nil, AttachWrongKind, "a udp_echo test has no TCP streams"
 		}
-		if tp.tcpAttaches >= s.sp.Streams+1 {
-			return nil, AttachTooMany, "the test's " + strconv.Itoa(s.sp.Streams) + " streams and its control connection are attached"
+		if tp.tcpAttaches >= s.sp.connections() {
+			return nil, AttachTooMany, "the test's " + strconv.Itoa(s.sp.connections()-1) + " streams and its control connection are attached"
 		}
 		tp.tcpAttaches++
 	default:

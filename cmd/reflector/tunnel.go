@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/packetparamedic/reflector/client"
+	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/dataplane/tunnel"
+)
+
+// tunnelUsage is the synopsis of `reflector tunnel`.
+const tunnelUsage = `Usage:
+  reflector tunnel --peer HOST:PORT [--identity FILE] [--expect-id ID] [--listen 127.0.0.1:5201] [-t 10] [-P 4] [-R] [--bidir] [-u] [-b RATE]
+
+Asks the reflector for a throughput session with these parameters and,
+when it is granted in tunneled mode, listens on --listen (TCP, and UDP
+with -u) so that a stock iperf3 client runs the test through the
+reflector's control port: every local TCP connection is carried by a
+fresh mutual-TLS connection to the control port, every local UDP stream
+by datagrams of one QUIC session on the same port number over UDP. It
+prints the iperf3 command to run and exits when the session ends.
+`
+
+// tunnelPoll is how often the session's state is checked.
+const tunnelPoll = 500 * time.Millisecond
+
+// tunnelOptions are the parsed flags of `reflector tunnel`.
+type tunnelOptions struct {
+	peer, keyPath, listen string
+	expect                identity.EndpointID
+	seconds, streams      int
+	reverse, bidir, udp   bool
+	bitrate               uint64
+}
+
+func parseTunnelFlags(e *env, args []string) (*tunnelOptions, error) {
+	fs := pflag.NewFlagSet("tunnel", pflag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprint(e.stdout, tunnelUsage, "\nFlags:\n")
+		fs.SetOutput(e.stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(e.stderr)
+	}
+	o := &tunnelOptions{}
+	fs.StringVar(&o.peer, "peer", "", "reflector address HOST:PORT (required)")
+	fs.StringVar(&o.keyPath, "identity", "", "client key file, created if missing (default $XDG_CONFIG_HOME/reflector/client.ed25519)")
+	expect := fs.String("expect-id", "", "refuse a reflector whose Endpoint ID differs")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:5201", "local address for the iperf3 client (TCP, and UDP with -u)")
+	fs.IntVarP(&o.seconds, "time", "t", 10, "test duration in seconds")
+	fs.IntVarP(&o.streams, "parallel", "P", 1, "parallel streams")
+	fs.BoolVarP(&o.reverse, "reverse", "R", false, "reverse: the reflector sends (download)")
+	fs.BoolVar(&o.bidir, "bidir", false, "both directions at once")
+	fs.BoolVarP(&o.udp, "udp", "u", false, "UDP instead of TCP")
+	b := fs.StringP("bitrate", "b", "", "target bitrate per stream (iperf3 -b), bits/s with optional K, M, G suffix")
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if err := noArgs(fs); err != nil {
+		return nil, err
+	}
+	if o.peer == "" {
+		return nil, usagef("tunnel: --peer is required")
+	}
+	if _, _, err := net.SplitHostPort(o.peer); err != nil {
+		return nil, usagef("tunnel: --peer %q: want HOST:PORT: %v", o.peer, err)
+	}
+	if _, err := netip.ParseAddrPort(o.listen); err != nil {
+		return nil, usagef("tunnel: --listen %q: want IP:PORT: %v", o.listen, err)
+	}
+	if o.seconds <= 0 || o.streams <= 0 {
+		return nil, usagef("tunnel: -t and -P must be positive")
+	}
+	if o.reverse && o.bidir {
+		return nil, usagef("tunnel: -R and --bidir are exclusive")
+	}
+	if *expect != "" {
+		id, err := identity.ParseEndpointID(*expect)
+		if err != nil {
+			return nil, usagef("tunnel: --expect-id: %v", err)
+		}
+		o.expect = id
+	}
+	if *b != "" {
+		rate, err := parseBitrate(*b)
+		if err != nil {
+			return nil, usagef("tunnel: -b %q: %v", *b, err)
+		}
+		o.bitrate = rate
+	}
+	return o, nil
+}
+
+func runTunnel(e *env, args []string) error {
+	o, err := parseTunnelFlags(e, args)
+	if err != nil {
+		return err
+	}
+	path := o.keyPath
+	if path == "" {
+		if path, err = defaultClientKey(e.getenv); err != nil {
+			return err
+		}
+	}
+	key, created, err := identity.LoadOrCreateKey(path)
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(e.stderr, "created a new client identity %s in %s (authorize it on the reflector)\n", idOf(key), path)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dctx, cancel := context.WithTimeout(ctx, client.HandshakeTimeout)
+	c, err := client.Dial(dctx, o.peer, key, o.expect)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Hello(); err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+
+	// Bind the local side before asking, so a busy port costs no session.
+	var lc net.ListenConfig
+	tln, err := lc.Listen(ctx, "tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("tunnel: listen %s: %w", o.listen, err)
+	}
+	defer tln.Close()
+	var uconn *net.UDPConn
+	if o.udp {
+		pc, err := lc.ListenPacket(ctx, "udp", o.listen)
+		if err != nil {
+			return fmt.Errorf("tunnel: listen %s/udp: %w", o.listen, err)
+		}
+		uconn = pc.(*net.UDPConn)
+		defer uconn.Close()
+	}
+
+	g, err := c.RequestSession(o.request())
+	if err != nil {
+		var d *client.DeniedError
+		if errors.As(err, &d) {
+			return &exitError{code: exitDenied, err: err}
+		}
+		return err
+	}
+	if g.Mode != link.ModeTunneled {
+		_ = c.CloseSession(g.TestID)
+		host, _, _ := net.SplitHostPort(o.peer)
+		return fmt.Errorf("tunnel: the reflector granted %s mode: run iperf3 -c %s -p %d directly (or use `reflector test`)", g.Mode, host, g.Port)
+	}
+	t, err := c.Tunnel(g)
+	if err != nil {
+		_ = c.CloseSession(g.TestID)
+		return err
+	}
+	defer t.Close()
+	blockLen := 0
+	if o.udp {
+		// Attach the QUIC session now: a blocked UDP port is reported here.
+		if _, err := t.Session(ctx); err != nil {
+			_ = c.CloseSession(g.TestID)
+			return err
+		}
+		blockLen = t.MaxUDPPayload()
+	}
+
+	fmt.Fprintf(e.stdout, "Tunneled test %s through %s (%s), %d s, %d stream(s); listening on %s\n",
+		g.TestID, o.peer, c.ServerID(), g.DurationSec, g.Streams, tln.Addr())
+	fmt.Fprintf(e.stdout, "Run: %s\n", o.iperf3Command(tln.Addr().(*net.TCPAddr), g, blockLen))
+
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	fw := &forwarder{e: e, t: t}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); fw.serveTCP(sctx, tln) }()
+	if uconn != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); fw.serveUDP(sctx, uconn) }()
+	}
+	res, werr := waitSession(ctx, c, g.TestID)
+	scancel()
+	_ = tln.Close()
+	if uconn != nil {
+		_ = uconn.Close()
+	}
+	wg.Wait()
+	if werr != nil {
+		// Interrupted (or the control connection failed): end the session.
+		_ = c.CloseSession(g.TestID)
+		return werr
+	}
+	fmt.Fprintf(e.stdout, "Session %s ended: %s (%s), reflector sent %d and received %d bytes in %.1f s\n",
+		g.TestID, res.State, res.EndReason, res.BytesSent, res.BytesReceived, res.DurationSec)
+	if n := fw.tooLarge.Load(); n > 0 {
+		fmt.Fprintf(e.stderr, "%d UDP datagrams were too large for the tunnel (use iperf3 -l %d)\n", n, blockLen)
+	}
+	if res.State != link.StateCompleted {
+		return fmt.Errorf("tunnel: the test did not complete: %s", res.EndReason)
+	}
+	return nil
+}
+
+// request is the session_request of o.
+func (o *tunnelOptions) request() link.SessionRequest {
+	proto := link.ProtocolTCP
+	if o.udp {
+		proto = link.ProtocolUDP
+	}
+	p := link.TestParams{DurationSec: o.seconds, Protocol: &proto, Streams: &o.streams, Reverse: &o.reverse, Bidir: &o.bidir}
+	if o.bitrate > 0 {
+		b := int64(o.bitrate)
+		p.BitrateBps = &b
+	}
+	return link.SessionRequest{TestType: link.TestThroughput, Params: p}
+}
+
+// iperf3Command is the stock client's command line for the granted test.
+func (o *tunnelOptions) iperf3Command(local *net.TCPAddr, g *link.SessionGrant, blockLen int) string {
+	args := []string{"iperf3", "-c", local.IP.String(), "-p", strconv.Itoa(local.Port), "-t", strconv.Itoa(g.DurationSec)}
+	if g.Streams > 1 {
+		args = append(args, "-P", strconv.Itoa(g.Streams))
+	}
+	if o.reverse {
+		args = append(args, "-R")
+	}
+	if o.bidir {
+		args = append(args, "--bidir")
+	}
+	if o.udp {
+		args = append(args, "-u", "-l", strconv.Itoa(blockLen))
+	}
+	if o.bitrate > 0 {
+		args = append(args, "-b", strconv.FormatUint(o.bitrate, 10))
+	}
+	return strings.Join(args, " ")
+}
+
+// waitSession polls the reflector until testID is no longer running.
+func waitSession(ctx context.Context, c *client.Client, testID string) (*link.TestResult, error) {
+	tick := time.NewTicker(tunnelPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("tunnel: %w", ctx.Err())
+		case <-tick.C:
+		}
+		r, err := c.TestResult(testID)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: ask for the test's state: %w", err)
+		}
+		if r.State != link.StateRunning {
+			return r, nil
+		}
+	}
+}
+
+// forwarder carries local iperf3 connections and datagrams through t.
+type forwarder struct {
+	e        *env
+	t        *client.Tunnel
+	tooLarge atomic.Uint64
+}
+
+// serveTCP carries each accepted local connection through a fresh attach
+// until ln closes.
+func (f *forwarder) serveTCP(ctx context.Context, ln net.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		local, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			remote, err := f.t.DialTCP(ctx)
+			if err != nil {
+				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
+				_ = local.Close()
+				return
+			}
+			_, _, _ = tunnel.Pipe(ctx, local, remote)
+		}()
+	}
+}
+
+// udpMaxFlows bounds the local UDP sources carried (iperf3's 128 streams
+// and one spare).
+const udpMaxFlows = tunnel.MaxFlows
+
+// serveUDP carries the datagrams of each local UDP source through a flow
+// of the tunnel's QUIC session, and the flow's datagrams back to the
+// source, until uc closes.
+func (f *forwarder) serveUDP(ctx context.Context, uc *net.UDPConn) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	flows := map[netip.AddrPort]net.Conn{}
+	defer func() {
+		for _, fc := range flows {
+			_ = fc.Close()
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, src, err := uc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		fc := flows[src]
+		if fc == nil {
+			if len(flows) >= udpMaxFlows {
+				continue
+			}
+			if fc, err = f.t.DialUDP(ctx); err != nil {
+				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
+				return
+			}
+			flows[src] = fc
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				back := make([]byte, 64<<10)
+				for {
+					m, err := fc.Read(back)
+					if err != nil {
+						return
+					}
+					_, _ = uc.WriteToUDPAddrPort(back[:m], src)
+				}
+			}()
+		}
+		if _, err := fc.Write(buf[:n]); err != nil {
+			var tl *tunnel.DatagramTooLargeError
+			if errors.As(err, &tl) && f.tooLarge.Add(1) == 1 {
+				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
+			}
+		}
+	}
+}
