@@ -330,7 +330,12 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 		st, err := readState(c.ctrl)
 		msgs <- ctrlMsg{state: st, err: err}
 	}()
-	defer rwg.Wait()
+	// On an early return the reader may still wait for a state the server
+	// will never send: unblock it before waiting for it.
+	defer func() {
+		_ = c.ctrl.SetReadDeadline(time.Unix(1, 0))
+		rwg.Wait()
+	}()
 
 	measureStart, err := c.runLoop(ctx, start, msgs, progress)
 	if err != nil {
@@ -339,6 +344,11 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 	// TEST_END and the results exchange.
 	retrans := c.senderHasRetransmits() == 1
 	c.endStreams(retrans)
+	for _, st := range c.streams {
+		if st.sender && st.sendErr != nil && st.bytes.Load() == 0 {
+			return nil, fmt.Errorf("iperf3 client: nothing was sent: %w", st.sendErr)
+		}
+	}
 	duration := time.Since(measureStart)
 	total, user, sys := cpu.percent()
 	c.deadline()

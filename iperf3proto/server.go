@@ -107,6 +107,11 @@ type Server struct {
 	cfg      ServerConfig
 	sent     atomic.Int64
 	received atomic.Int64
+	// sequential is set by Serve: a control connection that arrives while
+	// the previous test is only tearing down is kept in carry for the next
+	// test instead of being refused (stock iperf3 -s queues it too).
+	sequential bool
+	carry      net.Conn
 }
 
 // NewServer returns a server with cfg.
@@ -137,7 +142,9 @@ type listenerDeadline interface {
 }
 
 // acceptCtx accepts one connection, giving up when ctx ends (when ln
-// supports deadlines). It leaves ln without a deadline.
+// supports deadlines). It leaves ln without a deadline. When ctx ended
+// just as a connection was accepted it returns both that connection and
+// ctx.Err(): the caller decides whether to keep or close it.
 func acceptCtx(ctx context.Context, ln net.Listener) (net.Conn, error) {
 	dl, ok := ln.(listenerDeadline)
 	if !ok {
@@ -154,10 +161,7 @@ func acceptCtx(ctx context.Context, ln net.Listener) (net.Conn, error) {
 		_ = dl.SetDeadline(time.Time{})
 	}
 	if ctx.Err() != nil {
-		if c != nil {
-			_ = c.Close()
-		}
-		return nil, ctx.Err()
+		return c, ctx.Err()
 	}
 	return c, err
 }
@@ -193,9 +197,16 @@ func (s *Server) ServeOne(ctx context.Context, ln net.Listener, udp UDPAcceptor)
 		return nil, fmt.Errorf("serve iperf3 on %T: %w", ln, ErrListenerDeadline)
 	}
 	for {
-		c, err := acceptCtx(ctx, ln)
-		if err != nil {
-			return nil, fmt.Errorf("accept control connection: %w", err)
+		c := s.carry
+		s.carry = nil
+		if c == nil {
+			var err error
+			if c, err = acceptCtx(ctx, ln); err != nil {
+				if c != nil {
+					_ = c.Close()
+				}
+				return nil, fmt.Errorf("accept control connection: %w", err)
+			}
 		}
 		remote := addrPort(c.RemoteAddr())
 		if s.cfg.AllowedSource.IsValid() && remote.Addr() != s.cfg.AllowedSource.Unmap() {
@@ -210,6 +221,13 @@ func (s *Server) ServeOne(ctx context.Context, ln net.Listener, udp UDPAcceptor)
 
 // Serve runs tests one after another until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, udp UDPAcceptor) error {
+	s.sequential = true
+	defer func() {
+		if s.carry != nil {
+			_ = s.carry.Close()
+			s.carry = nil
+		}
+	}()
 	for {
 		if _, err := s.ServeOne(ctx, ln, udp); err != nil {
 			if ctx.Err() != nil {
@@ -268,8 +286,12 @@ type test struct {
 	params Params
 
 	wantTCP atomic.Bool
-	conns   chan net.Conn
-	wg      sync.WaitGroup
+	// resultsSent is set once our results are out: the client is finishing,
+	// and a new control connection is the next test's (see Server.carry).
+	resultsSent atomic.Bool
+	carry       net.Conn // set by acceptLoop, read after wg.Wait
+	conns       chan net.Conn
+	wg          sync.WaitGroup
 
 	streams []*stream
 	stop    chan struct{} // closed to stop senders
@@ -322,6 +344,7 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 			_ = st.conn.Close()
 		}
 		t.wg.Wait()
+		s.carry = t.carry
 		for _, st := range t.streams {
 			if st.started {
 				<-st.done
@@ -580,6 +603,7 @@ running:
 		err = writeMessage(ctrl, ob)
 	}
 	if err == nil {
+		t.resultsSent.Store(true)
 		err = writeState(ctrl, DisplayResults)
 	}
 	if err != nil {
@@ -633,7 +657,15 @@ func (t *test) acceptLoop(ctx context.Context, ln net.Listener) {
 	close(prev)
 	for {
 		c, err := acceptCtx(ctx, ln)
+		if c != nil && t.resultsSent.Load() && t.srv.sequential && !t.wantTCP.Load() {
+			t.log.Debug().Str("from", c.RemoteAddr().String()).Msg("iperf3: next client arrived while the test ends: kept for the next test")
+			t.carry = c
+			return
+		}
 		if err != nil {
+			if c != nil {
+				_ = c.Close()
+			}
 			if ctx.Err() == nil {
 				t.log.Warn().Err(err).Msg("iperf3: accept failed during test")
 			}

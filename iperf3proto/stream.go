@@ -2,6 +2,7 @@ package iperf3proto
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"sync"
@@ -22,6 +23,8 @@ type stream struct {
 
 	bytes   atomic.Int64 // bytes moved (sent or received) since the test began
 	packets atomic.Int64 // UDP datagrams sent (sender side)
+	// sendErr is why a UDP sender gave up (written before done is closed).
+	sendErr error
 
 	mu    sync.Mutex // guards stats and counting for UDP receivers
 	stats UDPStats
@@ -163,13 +166,15 @@ func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *se
 		if err != nil {
 			seq--
 			// The peer's socket may not be ready yet (ICMP unreachable) or
-			// the send buffer is full: retry a bounded number of times.
+			// the send buffer is full: retry a bounded number of times. A
+			// datagram too large for the path never fits: give up at once.
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				return
 			}
 			softErrors++
-			if softErrors > 1000 {
+			if softErrors > 1000 || errors.Is(err, syscall.EMSGSIZE) {
+				s.sendErr = fmt.Errorf("udp stream %d: send %d-byte datagrams: %w", s.id, blk, err)
 				return
 			}
 			continue
