@@ -180,7 +180,7 @@ func (l *Log) Write(e Event) error {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		if n > 0 {
+		if n > 0 && !cutPartial(l.f, n) {
 			l.torn = true
 		}
 		l.writeErr = fmt.Errorf("write audit log %s: %w", l.path, err)
@@ -244,4 +244,26 @@ func (l *Log) Close() error {
 		return fmt.Errorf("close audit log %s: %w", l.path, err)
 	}
 	return nil
+}
+
+// truncater is the part of *os.File that cutPartial needs.
+type truncater interface {
+	Stat() (os.FileInfo, error)
+	Truncate(size int64) error
+}
+
+// cutPartial removes the n bytes of a line that was only partly written
+// (a full disk) from the end of f, so the file holds only whole lines. It
+// reports whether that worked; when it did not, the next line starts on a
+// fresh line instead (see Log.torn).
+func cutPartial(f any, n int) bool {
+	t, ok := f.(truncater)
+	if !ok {
+		return false
+	}
+	st, err := t.Stat()
+	if err != nil || st.Size() < int64(n) {
+		return false
+	}
+	return t.Truncate(st.Size()-int64(n)) == nil
 }
