@@ -71,7 +71,9 @@ type SessionStatus struct {
 type Sessions interface {
 	// Request answers a session_request with a *link.SessionGrant or a
 	// *link.SessionDeny. ctx ends when the peer's connection closes. A
-	// grant must not be given while Env.AuditHealthy reports an error.
+	// grant must not be given unless its session_granted audit line was
+	// written (fail closed); the write itself is the check, so a log that
+	// failed before and works again grants at once.
 	Request(ctx context.Context, peer PeerInfo, req link.SessionRequest) link.Message
 	// Close answers a session_close (normally with link.OK or link.Error).
 	Close(peer PeerInfo, testID string) link.Message

@@ -41,13 +41,12 @@ func NewSessions(env server.Env) (server.Sessions, error) {
 		return nil, fmt.Errorf("sessions: %w", err)
 	}
 	return New(Options{
-		Config:       cfg,
-		Audit:        env.Audit,
-		AuditHealthy: env.AuditHealthy,
-		Quota:        q,
-		Ports:        ports,
-		Logger:       env.Logger.With().Str("component", "sessions").Logger(),
-		Now:          env.Now,
-		openUDP:      openUDPAcceptor,
+		Config:  cfg,
+		Audit:   env.Audit,
+		Quota:   q,
+		Ports:   ports,
+		Logger:  env.Logger.With().Str("component", "sessions").Logger(),
+		Now:     env.Now,
+		openUDP: openUDPAcceptor,
 	})
 }

@@ -87,12 +87,10 @@ type Options struct {
 	Config *config.Config
 	// Audit receives every decision; a failed session_granted write
 	// refuses the grant.
-	Audit audit.Writer
-	// AuditHealthy, when set, is asked before granting; an error refuses.
-	AuditHealthy func() error
-	Quota        *quota.Store
-	Ports        Ports
-	Logger       zerolog.Logger
+	Audit  audit.Writer
+	Quota  *quota.Store
+	Ports  Ports
+	Logger zerolog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// openUDP opens the UDP side of a throughput port; nil refuses
@@ -105,7 +103,6 @@ type Options struct {
 type Manager struct {
 	cfg     *config.Config
 	audit   audit.Writer
-	healthy func() error
 	quota   *quota.Store
 	ports   Ports
 	log     zerolog.Logger
@@ -162,7 +159,7 @@ func New(o Options) (*Manager, error) {
 	}
 	root, cancel := context.WithCancelCause(context.Background())
 	return &Manager{
-		cfg: o.Config, audit: o.Audit, healthy: o.AuditHealthy, quota: o.Quota, ports: o.Ports,
+		cfg: o.Config, audit: o.Audit, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
 		root: root, cancelRoot: cancel,
 		active:  map[string]*session{},
@@ -277,11 +274,6 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 	now := m.now()
 	if d := m.quota.Check(peer.ID.String(), now); !d.OK {
 		return m.deny(peer, req, d.Reason, d.Message, retrySeconds(d.RetryAfter))
-	}
-	if m.healthy != nil {
-		if err := m.healthy(); err != nil {
-			return m.deny(peer, req, link.DenyResourceExhausted, "audit log unavailable: "+err.Error(), nil)
-		}
 	}
 	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace()), done: make(chan struct{})}
 	var err error
