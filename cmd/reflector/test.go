@@ -32,8 +32,9 @@ const testUsage = `Usage:
 
 Runs a whole test against a reflector with this machine's client identity:
 asks for a session, runs the native iperf3 client (throughput) or the echo
-prober (udp-echo) on the granted port, and prints a summary (one JSON
-document with --json). Progress lines go to stderr when it is a terminal.
+prober (udp-echo) on the granted port (a tunneled grant: through the
+reflector's control port, TCP streams over TLS and UDP over QUIC on the
+same port number), and prints a summary (one JSON document with --json). Progress lines go to stderr when it is a terminal.
 A refused session exits with status 3 and says why and when to retry.
 `
 

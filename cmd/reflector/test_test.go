@@ -99,8 +99,17 @@ func TestReflectorTestEndToEnd(t *testing.T) {
 
 func TestReflectorTestDenied(t *testing.T) {
 	h, keyPath := testHarness(t, config.ModeTunneled)
+	// Another peer holds the only test slot.
+	holderKey := servertest.NewKey(t)
+	h.Authorize(holderKey)
+	holder := h.Dial(holderKey)
+	g, err := holder.RequestSession(link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.CloseSession(g.TestID) }()
 	code, doc, out := runTestCmd(t, "--peer", h.Addr, "--identity", keyPath, "--json", "throughput", "-t", "1")
-	if code != exitDenied || doc.Denied == nil || doc.Denied.Reason != link.DenyBusy || !strings.Contains(doc.Denied.Message, "direct_ephemeral") {
+	if code != exitDenied || doc.Denied == nil || doc.Denied.Reason != link.DenyBusy || !strings.Contains(doc.Denied.Message, "concurrent") {
 		t.Fatalf("exit %d, doc %+v\n%s", code, doc, out)
 	}
 	if !strings.Contains(out, "session denied") {

@@ -147,9 +147,11 @@ func runTunnel(e *env, args []string) error {
 	defer tln.Close()
 	var uconn *net.UDPConn
 	if o.udp {
-		pc, err := lc.ListenPacket(ctx, "udp", o.listen)
+		// The same port as TCP, as iperf3 expects (--listen may say :0).
+		uaddr := tln.Addr().String()
+		pc, err := lc.ListenPacket(ctx, "udp", uaddr)
 		if err != nil {
-			return fmt.Errorf("tunnel: listen %s/udp: %w", o.listen, err)
+			return fmt.Errorf("tunnel: listen %s/udp: %w", uaddr, err)
 		}
 		uconn = pc.(*net.UDPConn)
 		defer uconn.Close()
