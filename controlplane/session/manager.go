@@ -136,6 +136,7 @@ type session struct {
 	expires   time.Time
 	eng       engine
 	tun       *tunnelPlane // tunneled mode; nil in direct mode
+	ctx       context.Context // ends when the manager ends the session
 	cancel    context.CancelCauseFunc
 	done      chan struct{}
 
@@ -333,7 +334,7 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 
 	ctx, cancel := context.WithCancelCause(m.root)
 	ctx, cancelDeadline := context.WithDeadlineCause(ctx, s.expires, endCause(EndDeadline))
-	s.cancel = func(c error) { cancel(c); cancelDeadline() }
+	s.ctx, s.cancel = ctx, func(c error) { cancel(c); cancelDeadline() }
 	m.active[s.id] = s
 	m.wg.Add(1)
 	go m.run(ctx, s)

@@ -180,12 +180,15 @@ func (m *Manager) Attach(ctx context.Context, peer server.PeerInfo, reqID string
 	if !ok {
 		return
 	}
-	// The engine ends the connection; the end of the session or the
-	// server does too.
+	// The engine ends the connection; so do the manager ending the
+	// session (session_close, deadline, quota: at once, even while the
+	// engine waits in a handshake), the session's end and the server.
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
+		case <-s.ctx.Done():
+			cancel()
 		case <-s.done:
 			cancel()
 		case <-hctx.Done():
@@ -213,6 +216,7 @@ func (m *Manager) AttachQUIC(_ context.Context, peer server.PeerInfo, req link.T
 			return
 		}
 		select {
+		case <-s.ctx.Done():
 		case <-s.done:
 		case <-q.Context().Done():
 		}

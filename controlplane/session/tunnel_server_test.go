@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -196,5 +197,60 @@ func TestServerTunnelAttachRefused(t *testing.T) {
 	}
 	if ev := completed(h.AuditEvents(), g.TestID); ev.Reason != session.EndDone {
 		t.Fatalf("the running test ended %q", ev.Reason)
+	}
+}
+
+// TestServerTunnelTornDownAtSessionEnd: ending the session (session_close
+// here; the deadline takes the same path) closes its attached TLS
+// connections and its QUIC session, and an unauthorized peer's QUIC
+// attach is refused.
+func TestServerTunnelTornDownAtSessionEnd(t *testing.T) {
+	h, c := tunneledHarness(t)
+	ctx := context.Background()
+	g, err := c.RequestSession(link.SessionRequest{TestType: link.TestThroughput, Params: link.TestParams{DurationSec: 30, Streams: ptr(1), Protocol: ptr("udp")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun, err := c.Tunnel(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	conn, err := tun.DialTCP(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q, err := tun.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A peer that is not on the allowlist gets no QUIC attach, even with
+	// the test's token. (Its control connection is closed by the server
+	// after the handshake, which the client may not notice at Dial.)
+	if stranger, err := client.Dial(ctx, h.Addr, servertest.NewKey(t), h.Server.EndpointID()); err == nil {
+		defer stranger.Close()
+		st, err := stranger.Tunnel(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Session(ctx); err == nil {
+			_ = st.Close()
+			t.Fatal("an unauthorized peer's QUIC session was attached")
+		}
+	}
+
+	if err := c.CloseSession(g.TestID); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 64)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("attached connection after session_close: read %v, want closed", err)
+	}
+	select {
+	case <-q.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("QUIC session still open after session_close")
 	}
 }
