@@ -135,7 +135,7 @@ type session struct {
 	granted   time.Time
 	expires   time.Time
 	eng       engine
-	tun       *tunnelPlane // tunneled mode; nil in direct mode
+	tun       *tunnelPlane    // tunneled mode; nil in direct mode
 	ctx       context.Context // ends when the manager ends the session
 	cancel    context.CancelCauseFunc
 	done      chan struct{}
