@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -199,11 +198,4 @@ func (t *Tunnel) Close() error {
 		return q.Close()
 	}
 	return nil
-}
-
-// IsUDPUnreachable reports whether err says that the reflector's UDP port
-// did not answer (tunneled UDP tests need it open).
-func IsUDPUnreachable(err error) bool {
-	var ue *tunnel.UDPUnreachableError
-	return errors.As(err, &ue)
 }
