@@ -3,6 +3,7 @@ package iperf3proto
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"syscall"
@@ -86,5 +87,50 @@ func TestClientReportsUDPSendFailure(t *testing.T) {
 	t.Logf("client returned after %v", time.Since(start))
 	if !errors.Is(err, syscall.EMSGSIZE) {
 		t.Fatalf("RunClient error = %v, want EMSGSIZE", err)
+	}
+}
+
+// TestServeOneSilentClientEndsWithContext: a control connection that never
+// sends its cookie must not hold ServeOne past the caller's cancel (the
+// session manager's session_close), only until the handshake timeout.
+func TestServeOneSilentClientEndsWithContext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := NewServer(ServerConfig{HandshakeTimeout: time.Minute})
+	done := make(chan *TestResult, 1)
+	go func() {
+		r, _ := srv.ServeOne(ctx, ln, nil)
+		done <- r
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	// The server is in the test (reading the silent client's cookie) once
+	// a second connection is refused as busy.
+	c2, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c2.Close() })
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := io.ReadFull(c2, b[:]); err != nil || State(int8(b[0])) != AccessDenied {
+		t.Fatalf("second connection: state %d, %v; want ACCESS_DENIED", int8(b[0]), err)
+	}
+	cancel()
+	select {
+	case r := <-done:
+		if r != nil && r.EndReason == EndDone {
+			t.Fatalf("silent client test ended %q", r.EndReason)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeOne still waits for the silent client's cookie 5 s after cancel")
 	}
 }

@@ -379,6 +379,10 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 	if tc, ok := ctrl.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	// The handshake reads block on ctrl's deadline alone: end them at once
+	// when the test's context ends (session closed, server shutting down).
+	stopHandshakeWatch := context.AfterFunc(testCtx, func() { _ = ctrl.SetDeadline(time.Unix(1, 0)) })
+	defer stopHandshakeWatch()
 	if _, err := io.ReadFull(ctrl, t.cookie[:]); err != nil {
 		return fail(classify(err), fmt.Errorf("read cookie: %w", err))
 	}
@@ -386,8 +390,10 @@ func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAccepto
 		return fail(classify(err), err)
 	}
 	b, err := readMessage(ctrl, MaxParamsSize)
-	if err == nil {
+	if stopHandshakeWatch() && err == nil {
 		t.params, err = ParseParams(b)
+	} else if err == nil {
+		err = fmt.Errorf("read parameters: %w", testCtx.Err())
 	}
 	if err != nil {
 		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || errors.Is(err, ErrMalformed) || classify(err) == EndError {
