@@ -37,6 +37,10 @@ const (
 	// maxRecvErrors is how many consecutive failed reads the receiver
 	// tolerates.
 	maxRecvErrors = 100
+	// coarseWait is the part of a pacing wait left to the pacer: a Go
+	// timer oversleeps by up to 1 ms, and the pacer's sleep cannot be
+	// cancelled, so it never sleeps more than twice this.
+	coarseWait = time.Millisecond
 )
 
 // ProbeConfig describes one probing run. The run ends after Count probes or
@@ -263,6 +267,8 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	timer.Stop()
 	defer timer.Stop()
 	done := ctx.Done()
+	pace := newPacer()
+	defer pace.stop()
 	for seq := uint64(0); ; seq++ {
 		if p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) {
 			return nil
@@ -271,19 +277,8 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 		if p.cfg.Duration > 0 && due >= p.cfg.Duration {
 			return nil
 		}
-		if wait := due - time.Since(p.start); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-done:
-				return nil
-			case <-timer.C:
-			}
-		} else {
-			select {
-			case <-done:
-				return nil
-			default:
-			}
+		if !p.waitUntil(due, pace, timer, done) {
+			return nil
 		}
 		h := Header{Seq: seq, ClientSend: int64(time.Since(p.start))}
 		if err := h.Encode(buf); err != nil {
@@ -293,6 +288,35 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 		p.sent.Store(seq + 1)
 		if _, err := conn.Write(buf); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("probe: send %d: %w", seq, err)
+		}
+	}
+}
+
+// waitUntil blocks until offset due of the run and reports true, or
+// reports false as soon as done is closed. Waits longer than coarseWait
+// sleep on timer until about coarseWait before due, so cancellation stays
+// prompt; the rest is slept by the pacer, which, unlike a Go timer, keeps
+// sub-millisecond gaps.
+func (p *prober) waitUntil(due time.Duration, pace *pacer, timer *time.Timer, done <-chan struct{}) bool {
+	for {
+		select {
+		case <-done:
+			return false
+		default:
+		}
+		wait := due - time.Since(p.start)
+		switch {
+		case wait <= 0:
+			return true
+		case wait > 2*coarseWait:
+			timer.Reset(wait - coarseWait)
+			select {
+			case <-done:
+				return false
+			case <-timer.C:
+			}
+		default:
+			pace.sleep(wait)
 		}
 	}
 }
