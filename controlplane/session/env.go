@@ -46,6 +46,7 @@ func NewSessions(env server.Env) (server.Sessions, error) {
 		Quota:   q,
 		Ports:   ports,
 		Logger:  env.Logger.With().Str("component", "sessions").Logger(),
+		Metrics: env.Metrics,
 		Now:     env.Now,
 		openUDP: openUDPAcceptor,
 	})

@@ -49,6 +49,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/quota"
 	"github.com/packetparamedic/reflector/controlplane/server"
 )
@@ -91,6 +92,8 @@ type Options struct {
 	Quota  *quota.Store
 	Ports  Ports
 	Logger zerolog.Logger
+	// Metrics receives the session counters; nil counts nothing.
+	Metrics *metrics.Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// openUDP opens the UDP side of a throughput port; nil refuses
@@ -106,6 +109,7 @@ type Manager struct {
 	quota   *quota.Store
 	ports   Ports
 	log     zerolog.Logger
+	metrics *metrics.Metrics
 	now     func() time.Time
 	openUDP openUDPFunc
 	host    string // the data plane binds here
@@ -140,8 +144,10 @@ type session struct {
 	cancel    context.CancelCauseFunc
 	done      chan struct{}
 
-	// counted is the bytes already added to the quota (run goroutine only).
-	counted int64
+	// counted is the bytes already added to the quota; sentSeen and
+	// recvSeen the engine's meter already reported to the metrics (run
+	// goroutine only).
+	counted, sentSeen, recvSeen int64
 }
 
 // New returns a Manager. Options.Config, Audit, Quota and Ports are
@@ -160,7 +166,7 @@ func New(o Options) (*Manager, error) {
 	}
 	root, cancel := context.WithCancelCause(context.Background())
 	return &Manager{
-		cfg: o.Config, audit: o.Audit, quota: o.Quota, ports: o.Ports,
+		cfg: o.Config, audit: meteredAudit{o.Audit, o.Metrics}, metrics: o.Metrics, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
 		root: root, cancelRoot: cancel,
 		active:  map[string]*session{},
@@ -200,6 +206,7 @@ func (m *Manager) deny(peer server.PeerInfo, req link.SessionRequest, reason lin
 	if err := m.audit.Write(ev); err != nil {
 		m.log.Error().Err(err).Msg("session: audit session_denied")
 	}
+	m.metrics.SessionDenied(metrics.SessionDenyReason(reason), metrics.TestType(req.TestType))
 	m.log.Info().Str("peer", peer.ID.String()).Str("reason", string(reason)).Str("message", msg).Msg("session denied")
 	return &link.SessionDeny{Reason: wireReason(peer, reason), Message: msg, RetryAfterSec: retry}
 }
@@ -274,6 +281,9 @@ func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.Se
 func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp *spec) link.Message {
 	now := m.now()
 	if d := m.quota.Check(peer.ID.String(), now); !d.OK {
+		if d.Reason == link.DenyRateLimited {
+			m.metrics.RateLimited(m.rateLimitKind(peer.ID.String(), now))
+		}
 		return m.deny(peer, req, d.Reason, d.Message, retrySeconds(d.RetryAfter))
 	}
 	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace()), done: make(chan struct{})}
@@ -329,9 +339,11 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 		abort()
 		_ = m.quota.End(peer.ID.String(), true, now)
 		m.log.Error().Err(err).Msg("session: audit session_granted failed: refusing")
+		m.metrics.SessionDenied(metrics.DenyResourceExhausted, metrics.TestType(sp.TestType))
 		return &link.SessionDeny{Reason: wireReason(peer, link.DenyResourceExhausted), Message: "audit log unavailable"}
 	}
 
+	m.metrics.SessionGranted(metrics.TestType(sp.TestType))
 	ctx, cancel := context.WithCancelCause(m.root)
 	ctx, cancelDeadline := context.WithDeadlineCause(ctx, s.expires, endCause(EndDeadline))
 	s.ctx, s.cancel = ctx, func(c error) { cancel(c); cancelDeadline() }
@@ -424,6 +436,10 @@ loop:
 func (m *Manager) account(s *session) bool {
 	sent, recv := s.eng.meter()
 	now := m.now()
+	tt := metrics.TestType(s.sp.TestType)
+	m.metrics.BytesMoved(metrics.TX, tt, sent-s.sentSeen)
+	m.metrics.BytesMoved(metrics.RX, tt, recv-s.recvSeen)
+	s.sentSeen, s.recvSeen = max(s.sentSeen, sent), max(s.recvSeen, recv)
 	total := sent + recv
 	if d := total - s.counted; d > 0 {
 		if err := m.quota.AddBytes(s.peer.ID.String(), d, now); err != nil {
@@ -436,6 +452,7 @@ func (m *Manager) account(s *session) bool {
 
 // cutOff audits that s crossed its peer's daily byte budget.
 func (m *Manager) cutOff(s *session) {
+	m.metrics.QuotaCutoff()
 	bytes := s.counted
 	err := m.audit.Write(audit.Event{
 		EventType: audit.QuotaExceeded, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
@@ -447,6 +464,30 @@ func (m *Manager) cutOff(s *session) {
 		m.log.Error().Err(err).Msg("session: audit quota_exceeded")
 	}
 	m.log.Warn().Str("peer", s.peer.ID.String()).Str("test_id", s.id).Int64("bytes", bytes).Msg("session cut off at the daily byte budget")
+}
+
+// rateLimitKind names the limiter behind a rate_limited quota decision:
+// the hourly limit when the peer has used it up, else the cooldown.
+func (m *Manager) rateLimitKind(peer string, now time.Time) metrics.RateLimitKind {
+	if m.quota.Peer(peer, now).TestsLastHour >= m.cfg.Quotas.MaxTestsPerHourPerPeer {
+		return metrics.LimitTestsPerHour
+	}
+	return metrics.LimitCooldown
+}
+
+// meteredAudit counts the audit lines that could not be written.
+type meteredAudit struct {
+	w audit.Writer
+	m *metrics.Metrics
+}
+
+// Write implements audit.Writer.
+func (a meteredAudit) Write(e audit.Event) error {
+	err := a.w.Write(e)
+	if err != nil {
+		a.m.AuditWriteFailed()
+	}
+	return err
 }
 
 // finish records the end of s: quota, audit, result, slot.
@@ -475,14 +516,19 @@ func (m *Manager) finish(s *session, o outcome) {
 	if err := m.audit.Write(ev); err != nil {
 		m.log.Error().Err(err).Msg("session: audit session_completed")
 	}
-	if es, ok := o.summary.(*echoSummary); ok && es.DroppedRate > 0 {
-		err := m.audit.Write(audit.Event{
-			EventType: audit.RateLimited, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
-			TestType: s.sp.TestType, TestID: s.id, Decision: "dropped", Reason: "echo_max_pps",
-			Details: map[string]any{"dropped": es.DroppedRate, "rate_pps": es.RatePPS},
-		})
-		if err != nil {
-			m.log.Error().Err(err).Msg("session: audit echo rate clamp")
+	m.metrics.SessionEnded(metrics.TestType(s.sp.TestType), metrics.EndReason(o.reason))
+	if es, ok := o.summary.(*echoSummary); ok {
+		m.metrics.EchoPackets(int64(es.Echoed))
+		m.metrics.EchoRateDropped(int64(es.DroppedRate))
+		if es.DroppedRate > 0 {
+			err := m.audit.Write(audit.Event{
+				EventType: audit.RateLimited, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
+				TestType: s.sp.TestType, TestID: s.id, Decision: "dropped", Reason: "echo_max_pps",
+				Details: map[string]any{"dropped": es.DroppedRate, "rate_pps": es.RatePPS},
+			})
+			if err != nil {
+				m.log.Error().Err(err).Msg("session: audit echo rate clamp")
+			}
 		}
 	}
 	sent, recv := s.eng.meter()

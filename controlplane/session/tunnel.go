@@ -12,6 +12,7 @@ import (
 
 	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/dataplane/echo"
 	"github.com/packetparamedic/reflector/dataplane/tunnel"
@@ -37,6 +38,23 @@ func (s *spec) connections() int {
 		return 2*s.Streams + 1
 	}
 	return s.Streams + 1
+}
+
+// attachMetric is the metrics label of an attach refusal reason.
+func attachMetric(reason string) metrics.AttachDenyReason {
+	switch reason {
+	case AttachUnknown:
+		return metrics.AttachUnknownTest
+	case AttachNotOwner:
+		return metrics.AttachWrongPeer
+	case AttachBadToken:
+		return metrics.AttachBadToken
+	case AttachNotTunneled:
+		return metrics.AttachWrongMode
+	case AttachTooMany:
+		return metrics.AttachTooMany
+	}
+	return metrics.LabelOther
 }
 
 // tunnelPlane is the data plane of a tunneled session: the listener its
@@ -150,6 +168,7 @@ func (m *Manager) checkAttach(peer server.PeerInfo, req link.TunnelAttach, kind 
 
 // denyAttach audits and logs a refused attach.
 func (m *Manager) denyAttach(peer server.PeerInfo, req link.TunnelAttach, kind, reason, msg string) {
+	m.metrics.TunnelAttachDenied(attachMetric(reason))
 	err := m.audit.Write(audit.Event{
 		EventType: audit.TunnelAttachDenied, PeerID: peer.ID.String(), PeerAddr: peer.Addr.String(),
 		TestID: req.TestID, Decision: "denied", Reason: reason,
