@@ -21,19 +21,22 @@ func sendChunk(blk int, bps uint64, zeroCopy bool) int {
 	return blk * (sendChunkTarget / blk)
 }
 
-// serverRcvLowat is the receive low-watermark of server TCP receivers:
-// the client ends the test, so the tail is drained after TEST_END.
-const serverRcvLowat = 256 << 10
+// serverRcvLowat is the largest receive low-watermark of server TCP
+// receivers (the client ends the test, so the tail is drained after
+// TEST_END). With 256 KiB, 2 MiB cut our server's CPU per GB received on
+// loopback by about 3x (bench/cmd/compare); the receiver lowers it for
+// slow streams so their counters stay current (truncDiscard).
+const serverRcvLowat = 2 << 20
 
 // discardTCP reads conn until EOF or error, reporting every chunk to
-// onBytes, and returns the total. On sockets it uses our splice(2) loop
-// (socket -> pipe -> /dev/null) with the receive low-watermark lowat;
-// anything else (TLS, tunnel streams) goes through zerocopy.Discard's
-// pooled read loop. lowat is only for a receiver whose peer decides the end
-// (the server), since the tail below it is counted only by a later
+// onBytes, and returns the total. On TCP sockets it discards in the kernel
+// with recv(MSG_TRUNC), with an adaptive receive low-watermark of at most
+// lowat; anything else (TLS, tunnel streams) goes through
+// zerocopy.Discard. lowat is only for a receiver whose peer decides the
+// end (the server), since the tail below it is counted only by a later
 // drainQueued.
 func discardTCP(conn net.Conn, lowat int, onBytes func(int)) (int64, error) {
-	if n, ok, err := spliceDiscard(conn, lowat, onBytes); ok {
+	if n, ok, err := truncDiscard(conn, lowat, onBytes); ok {
 		return n, err
 	}
 	return zerocopy.Discard(conn, onBytes)

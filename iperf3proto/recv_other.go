@@ -4,8 +4,8 @@ package iperf3proto
 
 import "net"
 
-// spliceDiscard is not available on this system: ok is always false.
-func spliceDiscard(_ net.Conn, _ int, _ func(int)) (total int64, ok bool, err error) {
+// truncDiscard is not available on this system: ok is always false.
+func truncDiscard(_ net.Conn, _ int, _ func(int)) (total int64, ok bool, err error) {
 	return 0, false, nil
 }
 
