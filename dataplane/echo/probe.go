@@ -125,7 +125,15 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 
 	p := newProber(cfg)
 	recvDone := make(chan error, 1)
-	go func() { recvDone <- p.receive(conn) }()
+	loop := newThreadLoop(conn)
+	var sendDone chan error
+	if loop != nil {
+		defer loop.close()
+		sendDone = make(chan error, 1)
+		go func() { recvDone <- loop.run(ctx, p, sendDone) }()
+	} else {
+		go func() { recvDone <- p.receive(conn) }()
+	}
 	progDone := make(chan struct{})
 	progStop := make(chan struct{})
 	go func() {
@@ -133,7 +141,12 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 		p.report(progress, progStop)
 	}()
 
-	sendErr := p.send(ctx, conn)
+	var sendErr error
+	if loop != nil {
+		sendErr = <-sendDone
+	} else {
+		sendErr = p.send(ctx, conn)
+	}
 
 	// Wait for the last replies, then stop the receiver.
 	p.mu.Lock()
@@ -150,6 +163,9 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 		t.Stop()
 	}
 	p.stopping.Store(true)
+	if loop != nil {
+		loop.wake()
+	}
 	deadlineErr := conn.SetReadDeadline(time.Now())
 	recvErr := <-recvDone
 	close(progStop)
@@ -344,6 +360,9 @@ func (p *prober) receive(conn net.Conn) error {
 		p.handle(buf[:n], time.Since(p.start))
 	}
 }
+
+// since returns the time since the run began.
+func (p *prober) since() time.Duration { return time.Since(p.start) }
 
 // handle verifies one reply and accounts for it.
 func (p *prober) handle(b []byte, now time.Duration) {
