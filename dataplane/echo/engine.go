@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,11 +118,6 @@ func Listen(ctx context.Context, addr string, cfg Config) (*Engine, error) {
 		e.conns = append(e.conns, c)
 	}
 	e.cfg.Readers = readers
-	for _, c := range e.conns {
-		// Best effort: without blocking reads the netpoller wakes the
-		// reader, which only costs latency.
-		_ = c.EnableBlockingReads()
-	}
 	if cfg.Timestamped {
 		for _, c := range e.conns {
 			// Best effort: without kernel stamps RxTime stays 0 and the
@@ -188,12 +182,8 @@ func (e *Engine) Serve(ctx context.Context) error {
 	return first
 }
 
-// serveConn is one reader: read a batch, filter, stamp, write it back. It
-// keeps its thread, which sleeps in the kernel's receive call (blocking
-// reads), so a datagram wakes it directly, without the netpoller.
+// serveConn is one reader: read a batch, filter, stamp, write it back.
 func (e *Engine) serveConn(c *udpbatch.Conn) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	b := c.Get()
 	defer c.Put(b)
 	msgs := b.Msgs

@@ -159,27 +159,5 @@ func (c *Conn) EnableRxTimestamps() error {
 	return c.sys.enableTimestamps(c.uc)
 }
 
-// EnableBlockingReads puts the socket in blocking mode, so that ReadBatch
-// sleeps in the kernel (recvmmsg with MSG_WAITFORONE) and the kernel wakes
-// the reading thread directly when a datagram arrives, instead of waking
-// the Go netpoller, which then has to schedule the reading goroutine. That
-// saves one or two thread wake-ups per idle-to-busy transition: the
-// difference between a round trip of tens of microseconds and one near the
-// kernel's own at moderate packet rates. For the lowest latency the reader
-// also locks its goroutine to its thread (runtime.LockOSThread).
-//
-// In this mode ReadBatch holds its thread for as long as it waits, read
-// deadlines no longer apply, and WriteBatch waits for send buffer space in
-// the kernel. Close shuts the socket down first, which wakes a blocked
-// ReadBatch with an error matching net.ErrClosed. Where blocking reads are
-// not available the error matches ErrUnsupported and nothing changes.
-func (c *Conn) EnableBlockingReads() error {
-	return c.sys.enableBlocking(c.uc)
-}
-
-// Close closes the wrapped socket (shutting it down first in blocking
-// mode, so no ReadBatch stays blocked).
-func (c *Conn) Close() error {
-	c.sys.shutdown()
-	return c.uc.Close()
-}
+// Close closes the wrapped socket.
+func (c *Conn) Close() error { return c.uc.Close() }

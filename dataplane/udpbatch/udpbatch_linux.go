@@ -39,10 +39,7 @@ type sysConn struct {
 	rcErr  error
 	v6     bool // the socket is AF_INET6 (possibly dual stack)
 	stamps atomic.Bool
-	// blocking is set once the socket is in blocking mode; closing once
-	// Close has shut it down.
-	blocking, closing atomic.Bool
-	rd, wr            sysState
+	rd, wr sysState
 }
 
 func (st *sysState) alloc(batch int, ctrl bool) {
@@ -80,13 +77,9 @@ func (s *sysConn) init(c *net.UDPConn, batch int) {
 
 func (s *sysConn) recv(fd uintptr) bool {
 	st := &s.rd
-	// MSG_WAITFORONE: on a blocking socket, wait for the first datagram
-	// only, then take what is queued. Without it recvmmsg would wait until
-	// the whole batch is filled. On a non-blocking socket it changes
-	// nothing.
 	for {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
-			uintptr(unsafe.Pointer(&st.hdrs[0])), uintptr(st.cnt), unix.MSG_WAITFORONE, 0, 0)
+			uintptr(unsafe.Pointer(&st.hdrs[0])), uintptr(st.cnt), 0, 0, 0)
 		switch errno {
 		case 0:
 			st.off, st.err = int(n), nil
@@ -158,11 +151,6 @@ func (s *sysConn) readBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 	}
 	if st.err != nil {
 		return 0, st.err
-	}
-	if s.closing.Load() {
-		// Shut down by Close: the kernel reports an empty "datagram"
-		// without a source.
-		return 0, fmt.Errorf("recvmmsg: %w", net.ErrClosed)
 	}
 	n := st.off
 	for i := range n {
@@ -244,35 +232,6 @@ func (s *sysConn) enableTimestamps(_ *net.UDPConn) error {
 	}
 	s.stamps.Store(true)
 	return nil
-}
-
-func (s *sysConn) enableBlocking(_ *net.UDPConn) error {
-	if s.rcErr != nil {
-		return fmt.Errorf("enable blocking reads: %w", s.rcErr)
-	}
-	var serr error
-	if err := s.rc.Control(func(fd uintptr) {
-		serr = unix.SetNonblock(int(fd), false)
-	}); err != nil {
-		return fmt.Errorf("enable blocking reads: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("enable blocking reads: %w", serr)
-	}
-	s.blocking.Store(true)
-	return nil
-}
-
-// shutdown wakes a ReadBatch blocked in the kernel before Close: Close
-// would otherwise wait for it, as the blocked call holds the descriptor.
-func (s *sysConn) shutdown() {
-	if !s.blocking.Load() || s.closing.Swap(true) {
-		return
-	}
-	// Unconnected UDP sockets report ENOTCONN but are shut down anyway.
-	_ = s.rc.Control(func(fd uintptr) {
-		_ = unix.Shutdown(int(fd), unix.SHUT_RDWR)
-	})
 }
 
 func netPort(p *uint16) uint16 {

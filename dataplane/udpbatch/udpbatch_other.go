@@ -45,9 +45,3 @@ func (s *sysConn) writeBatch(uc *net.UDPConn, msgs []Message) (int, error) {
 func (s *sysConn) enableTimestamps(*net.UDPConn) error {
 	return fmt.Errorf("enable receive timestamps: %w", ErrUnsupported)
 }
-
-func (s *sysConn) enableBlocking(*net.UDPConn) error {
-	return fmt.Errorf("enable blocking reads: %w", ErrUnsupported)
-}
-
-func (s *sysConn) shutdown() {}
