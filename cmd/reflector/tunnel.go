@@ -286,7 +286,10 @@ type forwarder struct {
 }
 
 // serveTCP carries each accepted local connection through a fresh attach
-// until ln closes.
+// until ln closes. Attaches are made one after another, in the order the
+// local connections arrived: the iperf3 server assigns stream roles by
+// accept order (with --bidir the first N streams are its receivers, the
+// next N its senders), so concurrent attaches could swap them.
 func (f *forwarder) serveTCP(ctx context.Context, ln net.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -295,15 +298,15 @@ func (f *forwarder) serveTCP(ctx context.Context, ln net.Listener) {
 		if err != nil {
 			return
 		}
+		remote, err := f.t.DialTCP(ctx)
+		if err != nil {
+			fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
+			_ = local.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			remote, err := f.t.DialTCP(ctx)
-			if err != nil {
-				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
-				_ = local.Close()
-				return
-			}
 			_, _, _ = tunnel.Pipe(ctx, local, remote)
 		}()
 	}
