@@ -23,10 +23,14 @@ func sendChunk(blk int, bps uint64, zeroCopy bool) int {
 
 // serverRcvLowat is the largest receive low-watermark of server TCP
 // receivers (the client ends the test, so the tail is drained after
-// TEST_END). With 256 KiB, 2 MiB cut our server's CPU per GB received on
-// loopback by about 3x (bench/cmd/compare); the receiver lowers it for
-// slow streams so their counters stay current (truncDiscard).
-const serverRcvLowat = 2 << 20
+// TEST_END); the receiver lowers it for slow streams so their counters
+// stay current (truncDiscard). Measured with bench/cmd/compare on loopback
+// against stock iperf3 -s: a large watermark cuts our CPU per GB (2 MiB:
+// 0.02-0.03 s/GB, 512 KiB: about 0.065, a fixed 256 KiB: about 0.15), but
+// with -P 4 a 2 MiB watermark held the stock client's throughput to
+// 0.68-0.77 of stock's, 512 KiB to 0.79-0.91 (two alternating passes, same
+// period): 512 KiB keeps CPU well under the 0.6 goal and loses less rate.
+const serverRcvLowat = 512 << 10
 
 // discardTCP reads conn until EOF or error, reporting every chunk to
 // onBytes, and returns the total. On TCP sockets it discards in the kernel
