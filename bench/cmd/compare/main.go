@@ -237,8 +237,8 @@ func compare(ctx context.Context, o options, log io.Writer) ([]caseResult, error
 		}
 		res.Stock.summarize()
 		res.Ours.summarize()
-		res.Ratio = ratio(res.Ours.MedianBitsPerSecond, res.Stock.MedianBitsPerSecond)
-		res.CPURatio = ratio(res.Ours.CPUSecondsPerGB, res.Stock.CPUSecondsPerGB)
+		res.Ratio = iperfrun.Ratio(res.Ours.MedianBitsPerSecond, res.Stock.MedianBitsPerSecond)
+		res.CPURatio = iperfrun.Ratio(res.Ours.CPUSecondsPerGB, res.Stock.CPUSecondsPerGB)
 		results = append(results, res)
 	}
 	return results, nil
@@ -317,29 +317,11 @@ func (s *side) summarize() {
 		cpu += r.CPUSeconds
 		bytes += r.Bytes
 	}
-	s.MedianBitsPerSecond = median(bps)
-	s.MedianLossPercent = median(loss)
-	s.CPUSecondsPerGB = ratio(cpu, float64(bytes)/1e9)
+	s.MedianBitsPerSecond = iperfrun.Median(bps)
+	s.MedianLossPercent = iperfrun.Median(loss)
+	s.CPUSecondsPerGB = iperfrun.Ratio(cpu, float64(bytes)/1e9)
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
-}
 
 // verdict says whether a case met its goals: throughput ratio at least the
 // case's goal, and server CPU per GB at most cpuGoal of stock's.

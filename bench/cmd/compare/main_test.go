@@ -56,9 +56,6 @@ func TestSummarizeAndVerdict(t *testing.T) {
 	if got := s.CPUSecondsPerGB; got < 0.0999 || got > 0.1001 {
 		t.Errorf("cpu s/GB = %v, want 0.1 (1 s over 10 GB)", got)
 	}
-	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
-		t.Errorf("median of an even count = %v, want 2.5", m)
-	}
 
 	tests := []struct {
 		ratio, cpu, goal float64

@@ -33,12 +33,13 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/packetparamedic/reflector/bench/internal/iperfrun"
 )
 
 func main() {
@@ -171,7 +172,7 @@ func (s *side) summarize() {
 		p99 = append(p99, r.P99us)
 		srv = append(srv, r.ServerUs)
 	}
-	s.MedianP50us, s.MedianP99us, s.MedianServerUs = median(p50), median(p99), median(srv)
+	s.MedianP50us, s.MedianP99us, s.MedianServerUs = iperfrun.Median(p50), iperfrun.Median(p99), iperfrun.Median(srv)
 }
 
 // rateResult is the comparison at one rate.
@@ -242,30 +243,11 @@ func compare(ctx context.Context, o options, log io.Writer) ([]rateResult, error
 		}
 		res.Ours.summarize()
 		res.Sockperf.summarize()
-		res.RatioP50 = ratio(res.Ours.MedianP50us, res.Sockperf.MedianP50us)
-		res.RatioP99 = ratio(res.Ours.MedianP99us, res.Sockperf.MedianP99us)
+		res.RatioP50 = iperfrun.Ratio(res.Ours.MedianP50us, res.Sockperf.MedianP50us)
+		res.RatioP99 = iperfrun.Ratio(res.Ours.MedianP99us, res.Sockperf.MedianP99us)
 		results = append(results, res)
 	}
 	return results, nil
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func ratio(a, b float64) float64 {
-	if b == 0 {
-		return 0
-	}
-	return a / b
 }
 
 func printTable(w io.Writer, results []rateResult, o options) {
