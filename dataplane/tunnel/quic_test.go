@@ -295,9 +295,13 @@ func TestQUICQueueBoundDropsAndCounts(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, "queue full and drops counted", full)
 	t.Logf("%d sent: %d queued, %d dropped at the flow", sent, len(sf.q), sf.Dropped())
-	if srv.Stats().Dropped < sf.Dropped() {
-		t.Fatalf("session counts %d drops, the flow %d", srv.Stats().Dropped, sf.Dropped())
-	}
+	// Datagrams of the burst may still be arriving, so the two counters are
+	// compared once they agree to have settled: the session's count covers
+	// the flow's.
+	testutil.Eventually(t, 5*time.Second, "the session counts at least the flow's drops", func() bool {
+		flow := sf.Dropped()
+		return srv.Stats().Dropped >= flow
+	})
 	// The queue keeps the oldest datagrams, in order; the other flow is
 	// not held up by the full one.
 	marker := cli.Flow(6)
