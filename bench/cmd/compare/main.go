@@ -322,7 +322,6 @@ func (s *side) summarize() {
 	s.CPUSecondsPerGB = iperfrun.Ratio(cpu, float64(bytes)/1e9)
 }
 
-
 // verdict says whether a case met its goals: throughput ratio at least the
 // case's goal, and server CPU per GB at most cpuGoal of stock's.
 func verdict(r caseResult) string {
