@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/packetparamedic/reflector/controlplane/config"
+	"github.com/packetparamedic/reflector/controlplane/identity"
 )
 
 // configFlag adds -c/--config.
@@ -61,6 +63,26 @@ func newLogger(w io.Writer, level string, forceJSON bool) (zerolog.Logger, error
 		out = zerolog.ConsoleWriter{Out: f, TimeFormat: "15:04:05"}
 	}
 	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// loadClientKey loads the client identity at path (the default client key
+// when path is empty), creating it on first use and saying so on stderr.
+func loadClientKey(e *env, path string) (ed25519.PrivateKey, error) {
+	if path == "" {
+		p, err := defaultClientKey(e.getenv)
+		if err != nil {
+			return nil, err
+		}
+		path = p
+	}
+	key, created, err := identity.LoadOrCreateKey(path)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		fmt.Fprintf(e.stderr, "created a new client identity %s in %s (authorize it on the reflector)\n", idOf(key), path)
+	}
+	return key, nil
 }
 
 // defaultClientKey is the client identity used by pair-with (and

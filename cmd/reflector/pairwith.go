@@ -40,20 +40,9 @@ func runPairWith(e *env, args []string) error {
 		}
 		want = id
 	}
-	path := *keyPath
-	if path == "" {
-		p, err := defaultClientKey(e.getenv)
-		if err != nil {
-			return err
-		}
-		path = p
-	}
-	key, created, err := identity.LoadOrCreateKey(path)
+	key, err := loadClientKey(e, *keyPath)
 	if err != nil {
 		return err
-	}
-	if created {
-		fmt.Fprintf(e.stderr, "created a new client identity in %s\n", path)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()

@@ -88,18 +88,9 @@ func runTest(e *env, args []string) error {
 		return usagef("test: unknown test %q (want throughput or udp-echo)", kind)
 	}
 
-	path := *keyPath
-	if path == "" {
-		if path, err = defaultClientKey(e.getenv); err != nil {
-			return err
-		}
-	}
-	key, created, err := identity.LoadOrCreateKey(path)
+	key, err := loadClientKey(e, *keyPath)
 	if err != nil {
 		return err
-	}
-	if created {
-		fmt.Fprintf(e.stderr, "created a new client identity %s in %s (authorize it on the reflector)\n", idOf(key), path)
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()

@@ -112,18 +112,9 @@ func runTunnel(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	path := o.keyPath
-	if path == "" {
-		if path, err = defaultClientKey(e.getenv); err != nil {
-			return err
-		}
-	}
-	key, created, err := identity.LoadOrCreateKey(path)
+	key, err := loadClientKey(e, o.keyPath)
 	if err != nil {
 		return err
-	}
-	if created {
-		fmt.Fprintf(e.stderr, "created a new client identity %s in %s (authorize it on the reflector)\n", idOf(key), path)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
