@@ -10,8 +10,8 @@ import (
 	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
