@@ -63,6 +63,7 @@ func init() {
 		{"rotate-identity", "[--yes] [-c FILE]", "replace the server's identity key (keeps a backup)", runRotate},
 		{"pair", "[--ttl 10m] [-c FILE]", "open a pairing window on the running server and print its token", runPair},
 		{"peers", "list|add ID|remove ID [-c FILE]", "manage the running server's allowlist", runPeers},
+		{"audit", "[--follow] [--since 1h] [--event TYPE] [--peer ID] [--json] [-c FILE]", "print the audit log (a table, or raw JSON lines)", runAudit},
 		{"status", "[--json] [--live] [-c FILE]", "ask the running server for its status (exit 0 when healthy; --live: when it answers)", runStatus},
 		{"pair-with", "--peer HOST:PORT --token T [--identity FILE] [--expect-id ID]", "pair this machine's client identity with a reflector", runPairWith},
 		{"test", "--peer HOST:PORT [--json] throughput|udp-echo [flags]", "run a throughput or UDP echo test against a reflector", runTest},
