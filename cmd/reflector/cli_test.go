@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/packetparamedic/reflector/controlplane/audit"
+	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/controlplane/server/servertest"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
@@ -224,5 +226,47 @@ func TestAuditFollowAcrossCopytruncate(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil || count(audit.PairingEnabled) != 0 {
 		t.Fatalf("follow: %v, output:\n%s%s", err, out.String(), errb.String())
+	}
+}
+
+// TestUpgradeFromRustReflector: the state directory of the Rust reflector
+// holds its key as identity.key (written with fs::write, then chmod 0600);
+// show-id and serve keep its Endpoint ID, and serve adopts it once,
+// audited.
+func TestUpgradeFromRustReflector(t *testing.T) {
+	env := testEnv(t, t.TempDir())
+	cfg, state := writeConfig(t, "")
+	seed := make([]byte, identity.SeedSize)
+	for i := range seed {
+		seed[i] = byte(0x40 + i)
+	}
+	legacy := filepath.Join(state, identity.LegacyKeyName)
+	if err := os.WriteFile(legacy, seed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(legacy, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := identity.IDFromPublicKey(ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)).String()
+
+	r := runBin(t, env, "show-id", "-c", cfg)
+	if r.code != 0 || strings.TrimSpace(r.stdout) != want || !strings.Contains(r.stderr, "will be adopted") {
+		t.Fatalf("show-id before the upgrade: exit %d %q %q, want %s", r.code, r.stdout, r.stderr, want)
+	}
+	for round := range 2 {
+		p := startServe(t, env, "-c", cfg)
+		if st := waitServing(t, p, env, cfg); st.EndpointID != want {
+			t.Fatalf("round %d: serving %s, want the Rust reflector's %s", round, st.EndpointID, want)
+		}
+		if code := p.stop(t); code != 0 {
+			t.Fatalf("round %d: serve exit %d", round, code)
+		}
+		if round == 0 && !strings.Contains(p.stdout.String(), "adopted the earlier reflector's identity.key") {
+			t.Fatalf("no adoption in the log:\n%s", p.stdout.String())
+		}
+	}
+	r = runBin(t, env, "audit", "--json", "--event", "identity_adopted", "-c", cfg)
+	if r.code != 0 || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("identity_adopted audited %d times, want once:\n%s%s", strings.Count(r.stdout, "\n"), r.stdout, r.stderr)
 	}
 }

@@ -163,15 +163,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err := os.MkdirAll(cfg.State.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory %s: %w", cfg.State.Dir, err)
 	}
-	key, created, err := identity.LoadOrCreateKey(cfg.Identity.PrivateKeyPath)
+	key, origin, err := identity.LoadServerKey(cfg.Identity.PrivateKeyPath)
 	if err != nil {
 		return nil, fmt.Errorf("load identity: %w", err)
 	}
 	s.key = key
 	s.id = identity.IDFromPublicKey(key.Public().(ed25519.PublicKey))
-	if created {
-		s.log.Info().Str("path", cfg.Identity.PrivateKeyPath).Str("endpoint_id", s.id.String()).Msg("created a new identity key")
-	}
+	s.logKeyOrigin(origin)
 	if s.cert, err = identity.NewCertificate(key); err != nil {
 		return nil, err
 	}
@@ -192,6 +190,12 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.denials = newDenialAggregator(s.audit, maxDenialSources)
+	if origin == identity.KeyAdopted {
+		s.writeAudit(s.log, audit.Event{
+			EventType: audit.IdentityAdopted, Decision: "adopted",
+			Details: map[string]any{"from": identity.LegacyKeyPath(cfg.Identity.PrivateKeyPath), "to": cfg.Identity.PrivateKeyPath},
+		})
+	}
 	s.health = s.newHealth()
 	sessions := Sessions(NoSessions{})
 	if opts.NewSessions != nil {
