@@ -270,3 +270,38 @@ func TestUpgradeFromRustReflector(t *testing.T) {
 		t.Fatalf("identity_adopted audited %d times, want once:\n%s%s", strings.Count(r.stdout, "\n"), r.stdout, r.stderr)
 	}
 }
+
+// TestStatusExitCodeFollowsHealth: with the audit log unusable `reflector
+// status` names the problem and the fix and exits 1 (`--live` still 0);
+// repaired, it exits 0 again.
+func TestStatusExitCodeFollowsHealth(t *testing.T) {
+	env := testEnv(t, t.TempDir())
+	cfg, state := writeConfig(t, "")
+	p := startServe(t, env, "-c", cfg)
+	waitServing(t, p, env, cfg)
+	defer p.stop(t)
+	auditPath := filepath.Join(state, "audit.jsonl")
+	if err := os.Rename(auditPath, auditPath+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(auditPath, 0o700); err != nil { // unwritable, even for root
+		t.Fatal(err)
+	}
+	r := runBin(t, env, "status", "-c", cfg)
+	if r.code != exitFail || !strings.Contains(r.stdout, "UNHEALTHY") || !strings.Contains(r.stdout, "PROBLEM (audit_log): ") ||
+		!strings.Contains(r.stdout, "FIX: ") || !strings.Contains(r.stderr, "unhealthy") {
+		t.Fatalf("status with the audit log replaced by a directory: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runBin(t, env, "status", "--live", "-c", cfg); r.code != 0 {
+		t.Fatalf("status --live while unhealthy: exit %d %s", r.code, r.stderr)
+	}
+	if err := os.Remove(auditPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(auditPath+".away", auditPath); err != nil {
+		t.Fatal(err)
+	}
+	if r := runBin(t, env, "status", "-c", cfg); r.code != 0 || !strings.Contains(r.stdout, "Health:       ok") {
+		t.Fatalf("status after the repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -145,7 +145,7 @@ func runRotate(e *env, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if admin.Call(ctx, cfg.AdminSocket(), admin.Request{Op: admin.OpStatus}, nil) == nil {
-		fmt.Fprintln(e.stdout, "The running server still uses the old key: restart it to switch.")
+		fmt.Fprintln(e.stdout, "The running server still uses the old key and grants no tests until it is restarted (its identity check fails): restart it now.")
 	}
 	return nil
 }
