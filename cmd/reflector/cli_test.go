@@ -50,6 +50,13 @@ func TestGlobalFlagsAndVersion(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q", args, code, errs)
 		}
 	}
+	// self-test takes -c (cheap check: the flag parses, the duration is
+	// what is refused).
+	for _, args := range [][]string{{"-c", cfg, "self-test", "--duration", "10ms"}, {"self-test", "-c", cfg, "--duration", "10ms"}} {
+		if code, _, errs := runIn(t, args...); code != exitUsage || !strings.Contains(errs, "--duration 10ms") {
+			t.Errorf("%v: exit %d, stderr %q; want the duration refused, not -c", args, code, errs)
+		}
+	}
 	for _, args := range [][]string{{"-c"}, {"-c", cfg}, {"-x", "serve"}, {"-c", cfg, "version"}} {
 		if code, _, _ := runIn(t, args...); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
@@ -303,5 +310,28 @@ func TestStatusExitCodeFollowsHealth(t *testing.T) {
 	}
 	if r := runBin(t, env, "status", "-c", cfg); r.code != 0 || !strings.Contains(r.stdout, "Health:       ok") {
 		t.Fatalf("status after the repair: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestSudoShowIDKeepsServiceUserOwner: `sudo reflector show-id` on a state
+// directory of the service user leaves a key that user owns.
+func TestSudoShowIDKeepsServiceUserOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the guide runs show-id with sudo)")
+	}
+	env := testEnv(t, t.TempDir())
+	cfg, state := writeConfig(t, "")
+	if err := os.Chown(state, 4242, 4343); err != nil {
+		t.Fatal(err)
+	}
+	if r := runBin(t, env, "show-id", "-c", cfg); r.code != 0 {
+		t.Fatalf("show-id: exit %d %s", r.code, r.stderr)
+	}
+	st, err := os.Stat(filepath.Join(state, "identity.ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 4242 || sys.Gid != 4343 || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key owned by %d:%d mode %04o, want 4242:4343 0600", sys.Uid, sys.Gid, st.Mode().Perm())
 	}
 }
