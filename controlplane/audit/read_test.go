@@ -151,3 +151,33 @@ func TestFollowSurvivesLogrotate(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowNoticesTruncationThatRegrew: after copytruncate the file grew
+// past the old offset before the next poll; the offset no longer follows a
+// newline, so the file is read again from its start.
+func TestFollowNoticesTruncationThatRegrew(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	short := line(t, Event{Timestamp: time.Now(), EventType: PeerPaired})
+	appendTo(t, path, short)
+	tl, err := openTail(path, Filter{}, func(Record) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.close()
+	if err := tl.drain(); err != nil || tl.off != int64(len(short)) {
+		t.Fatalf("drain: off %d, %v", tl.off, err)
+	}
+	long := line(t, Event{Timestamp: time.Now(), EventType: SessionCompleted, Reason: "a reason long enough to pass the old offset"})
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendTo(t, path, long)
+	if err := tl.checkRotation(); err != nil {
+		t.Fatal(err)
+	}
+	var got []EventType
+	tl.fn = func(r Record) error { got = append(got, r.Event.EventType); return nil }
+	if err := tl.drain(); err != nil || len(got) != 1 || got[0] != SessionCompleted || tl.stats.Malformed != 0 {
+		t.Fatalf("after a regrown truncation: %v, malformed %d, %v", got, tl.stats.Malformed, err)
+	}
+}
