@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/packetparamedic/reflector/controlplane/identity"
@@ -142,13 +143,19 @@ func call[T any, PT interface {
 // server.FeatureDenyReasonsV2; this package does not import the server.
 const FeatureDenyReasonsV2 = "deny_reasons_v2"
 
-// Hello sends hello (version 1.0, the appliance's features plus
-// FeatureDenyReasonsV2) and returns the server's policy.
+// features are what Hello announces: the appliance's two test types, and
+// what this client can do beyond the shipped appliance, which the
+// reflector's grants depend on: run tunneled grants (link.FeatureTunnel),
+// run the lowered test of a clamped grant (link.FeatureClamp), leave a
+// grant to a person who starts iperf3 by hand (link.FeatureLateStart, for
+// `reflector tunnel`), and decode every deny reason (FeatureDenyReasonsV2).
+var features = []string{link.FeatureThroughput, link.FeatureUDPEcho, link.FeatureTunnel, link.FeatureClamp,
+	link.FeatureLateStart, FeatureDenyReasonsV2}
+
+// Hello sends hello (version 1.0, features) and returns the server's
+// policy.
 func (c *Client) Hello() (*link.ServerHello, error) {
-	return call[link.ServerHello](c, &link.Hello{
-		Version:  link.ProtocolVersion,
-		Features: []string{link.FeatureThroughput, link.FeatureUDPEcho, FeatureDenyReasonsV2},
-	})
+	return call[link.ServerHello](c, &link.Hello{Version: link.ProtocolVersion, Features: slices.Clone(features)})
 }
 
 // Pair presents a pairing token. A refused token is not an error: see
