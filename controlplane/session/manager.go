@@ -142,6 +142,8 @@ type Manager struct {
 	// onWait, when set (tests), is called when a request starts waiting
 	// for a slot held by the same peer.
 	onWait func()
+	// claimAfter is the claim deadline (claimDeadline; tests shorten it).
+	claimAfter time.Duration
 }
 
 // peerBudget is a peer's byte budget and how many sessions (running or
@@ -194,10 +196,11 @@ func New(o Options) (*Manager, error) {
 		cfg: o.Config, audit: meteredAudit{o.Audit, o.Metrics}, metrics: o.Metrics, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
 		root: root, cancelRoot: cancel,
-		active:  map[string]*session{},
-		budgets: map[identity.EndpointID]*peerBudget{},
-		results: map[identity.EndpointID][]*link.TestResult{},
-		changed: make(chan struct{}),
+		active:     map[string]*session{},
+		budgets:    map[identity.EndpointID]*peerBudget{},
+		results:    map[identity.EndpointID][]*link.TestResult{},
+		changed:    make(chan struct{}),
+		claimAfter: claimDeadline,
 	}, nil
 }
 
@@ -566,7 +569,7 @@ func (m *Manager) run(ctx context.Context, s *session) {
 	tick := time.NewTicker(meterInterval)
 	var claimC <-chan time.Time
 	if !s.peer.Announced(link.FeatureLateStart) {
-		claim := time.NewTimer(claimDeadline)
+		claim := time.NewTimer(m.claimAfter)
 		defer claim.Stop()
 		claimC = claim.C
 	}

@@ -31,9 +31,15 @@ type recorder struct {
 	mu        sync.Mutex
 	events    []audit.Event
 	failGrant bool
+	// stall, when set, delays every write by that long (a slow disk).
+	stall time.Duration
 }
 
 func (r *recorder) Write(e audit.Event) error {
+	r.mu.Lock()
+	d := r.stall
+	r.mu.Unlock()
+	time.Sleep(d)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failGrant && e.EventType == audit.SessionGranted {
