@@ -315,7 +315,10 @@ func (e *echoEngine) meter() (int64, int64) {
 
 func (e *echoEngine) close() { _ = e.eng.Close() }
 
-func (e *echoEngine) claimed() bool { return e.eng.Stats().Received > 0 }
+func (e *echoEngine) claimed() bool {
+	st := e.eng.Stats()
+	return st.Received > st.DroppedForeign
+}
 
 func (e *echoEngine) run(ctx context.Context) outcome {
 	sctx, cancel := context.WithDeadline(ctx, e.until)
