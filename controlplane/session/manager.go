@@ -701,9 +701,12 @@ func (m *Manager) finish(s *session, o outcome) {
 		// little before the granted duration has passed since the grant).
 		completed = true
 	}
-	// A grant nobody came for releases the cooldown as a completed test
-	// does; its start stays counted in the hour (it held the slot, and a
-	// peer must not hold it over and over with grants it never uses).
+	// A grant nobody came for by its claim deadline (or, late_start, its
+	// deadline) releases the cooldown as a completed test does: the client
+	// could not use it (e.g. a firewalled data port). Its start stays in
+	// the hour (it held the slot, and a peer must not hold it over and
+	// over with grants it never uses). A grant closed unused by its client
+	// keeps the cooldown, as any aborted test.
 	unclaimed := o.reason == EndNoClient && !s.claimed()
 	if err := m.quota.End(s.peer.ID.String(), completed || unclaimed, now); err != nil {
 		m.log.Error().Err(err).Msg("session: persist quota at session end")
