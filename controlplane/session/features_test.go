@@ -164,7 +164,7 @@ func TestUnclaimedGrantEnds(t *testing.T) {
 func TestNoIOUnderLock(t *testing.T) {
 	f := newFixture(t, func(c *config.Config) { c.Quotas.MaxConcurrentTests = 2 })
 	const stall = 2 * time.Second
-	f.audit.stall = stall
+	f.audit.setStall(stall)
 	done := make(chan link.Message, 1)
 	go func() { done <- f.m.Request(context.Background(), f.peer, throughputReq(2, 1, false)) }()
 	testutil.Eventually(t, 5*time.Second, "grant in preparation", func() bool {
@@ -184,7 +184,7 @@ func TestNoIOUnderLock(t *testing.T) {
 	if took > stall/4 {
 		t.Fatalf("the manager answered after %v: it waited for the stalled audit write", took)
 	}
-	f.audit.stall = 0
+	f.audit.setStall(0)
 	mustGrant(t, <-done)
 }
 

@@ -35,6 +35,13 @@ type recorder struct {
 	stall time.Duration
 }
 
+// setStall makes every later write wait d.
+func (r *recorder) setStall(d time.Duration) {
+	r.mu.Lock()
+	r.stall = d
+	r.mu.Unlock()
+}
+
 func (r *recorder) Write(e audit.Event) error {
 	r.mu.Lock()
 	d := r.stall
