@@ -167,12 +167,11 @@ func TestNoIOUnderLock(t *testing.T) {
 	f.audit.setStall(stall)
 	done := make(chan link.Message, 1)
 	go func() { done <- f.m.Request(context.Background(), f.peer, throughputReq(2, 1, false)) }()
-	testutil.Eventually(t, 5*time.Second, "grant in preparation", func() bool {
+	testutil.Eventually(t, 5*time.Second, "grant waiting in its audit write", func() bool {
 		f.m.mu.Lock()
 		defer f.m.mu.Unlock()
-		return f.m.pending == 1
+		return f.m.pending == 1 && f.audit.stalled.Load() == 1
 	})
-	time.Sleep(100 * time.Millisecond) // well into the stalled audit write
 	other := server.PeerInfo{ID: "PP-OTHER", Addr: f.peer.Addr, ConnID: 2}
 	start := time.Now()
 	_ = f.m.Status()

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,8 +32,10 @@ type recorder struct {
 	mu        sync.Mutex
 	events    []audit.Event
 	failGrant bool
-	// stall, when set, delays every write by that long (a slow disk).
-	stall time.Duration
+	// stall, when set, delays every write by that long (a slow disk);
+	// stalled counts the writes waiting in it.
+	stall   time.Duration
+	stalled atomic.Int32
 }
 
 // setStall makes every later write wait d.
@@ -46,7 +49,11 @@ func (r *recorder) Write(e audit.Event) error {
 	r.mu.Lock()
 	d := r.stall
 	r.mu.Unlock()
-	time.Sleep(d)
+	if d > 0 {
+		r.stalled.Add(1)
+		time.Sleep(d)
+		r.stalled.Add(-1)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failGrant && e.EventType == audit.SessionGranted {
