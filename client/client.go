@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/packetparamedic/reflector/controlplane/identity"
@@ -143,15 +144,20 @@ func call[T any, PT interface {
 // server.FeatureDenyReasonsV2; this package does not import the server.
 const FeatureDenyReasonsV2 = "deny_reasons_v2"
 
-// Hello sends hello (version 1.0, the appliance's features plus
-// FeatureDenyReasonsV2) and returns the server's policy. A server that
-// refuses this client and says why ends it with that *link.Error; one that
-// just closes gets an io.EOF error with a hint.
+// features are what Hello announces: the appliance's two test types, and
+// what this client can do beyond the shipped appliance, which the
+// reflector's grants depend on: run tunneled grants (link.FeatureTunnel),
+// run the lowered test of a clamped grant (link.FeatureClamp), leave a
+// grant to a person who starts iperf3 by hand (link.FeatureLateStart, for
+// `reflector tunnel`), and decode every deny reason (FeatureDenyReasonsV2).
+var features = []string{link.FeatureThroughput, link.FeatureUDPEcho, link.FeatureTunnel, link.FeatureClamp,
+	link.FeatureLateStart, FeatureDenyReasonsV2}
+
+// Hello sends hello (version 1.0, features) and returns the server's
+// policy. A server that refuses this client and says why ends it with that
+// *link.Error; one that just closes gets an io.EOF error with a hint.
 func (c *Client) Hello() (*link.ServerHello, error) {
-	sh, err := call[link.ServerHello](c, &link.Hello{
-		Version:  link.ProtocolVersion,
-		Features: []string{link.FeatureThroughput, link.FeatureUDPEcho, FeatureDenyReasonsV2},
-	})
+	sh, err := call[link.ServerHello](c, &link.Hello{Version: link.ProtocolVersion, Features: slices.Clone(features)})
 	if errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: the reflector closed the connection without a reason (an older reflector does that to clients it does not authorize: pair first with 'reflector pair-with --peer %s --token TOKEN')", err, c.addr)
 	}

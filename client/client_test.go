@@ -174,8 +174,10 @@ func TestDialHandshakeTimeout(t *testing.T) {
 	}
 }
 
-// TestHelloFeatures: hello announces the appliance's two features and
-// deny_reasons_v2, so the reflector sends this client the real deny reason.
+// TestHelloFeatures: hello announces the appliance's two features and our
+// capabilities: tunnel (tunneled grants), clamp (clamped grants), late_start
+// (`reflector tunnel` waits for a person) and deny_reasons_v2 (the real
+// deny reason).
 func TestHelloFeatures(t *testing.T) {
 	got := make(chan []string, 1)
 	f := startFake(t, func(m link.Message) link.Message {
@@ -198,7 +200,7 @@ func TestHelloFeatures(t *testing.T) {
 	if _, err := c.Hello(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{link.FeatureThroughput, link.FeatureUDPEcho, client.FeatureDenyReasonsV2}
+	want := []string{link.FeatureThroughput, link.FeatureUDPEcho, "tunnel", "clamp", "late_start", client.FeatureDenyReasonsV2}
 	if features := <-got; !slices.Equal(features, want) {
 		t.Fatalf("hello features %q, want %q", features, want)
 	}

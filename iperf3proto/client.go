@@ -639,7 +639,7 @@ func (c *client) endStreams(retrans bool) {
 			<-st.done
 		}
 		if !st.sender && !st.udp {
-			if n := drainQueued(st.conn); n > 0 {
+			if n := drainQueued(st.conn, nil); n > 0 {
 				st.bytes.Add(n)
 				c.recv.Add(n)
 			}

@@ -3,6 +3,7 @@ package iperf3proto
 import (
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/packetparamedic/reflector/dataplane/zerocopy"
 )
@@ -38,12 +39,26 @@ const serverRcvLowat = 512 << 10
 // lowat; anything else (TLS, tunnel streams) goes through
 // zerocopy.Discard. lowat is only for a receiver whose peer decides the
 // end (the server), since the tail below it is counted only by a later
-// drainQueued.
-func discardTCP(conn net.Conn, lowat int, onBytes func(int)) (int64, error) {
-	if n, ok, err := truncDiscard(conn, lowat, onBytes); ok {
+// drainQueued. A budget bounds the bytes read: recv(MSG_TRUNC) takes
+// before it reads (exact); the other paths count what they read and stop
+// when it is over (at most one read too many). Spent, it returns
+// ErrBudgetSpent.
+func discardTCP(conn net.Conn, lowat int, b *ByteBudget, onBytes func(int)) (int64, error) {
+	if n, ok, err := truncDiscard(conn, lowat, b, onBytes); ok {
 		return n, err
 	}
-	return zerocopy.Discard(conn, onBytes)
+	spent := false
+	n, err := zerocopy.Discard(conn, func(n int) {
+		onBytes(n)
+		if !spent && !b.spend(n) {
+			spent = true
+			_ = conn.SetReadDeadline(time.Unix(1, 0))
+		}
+	})
+	if spent {
+		return n, ErrBudgetSpent
+	}
+	return n, err
 }
 
 // payload is the data a sender transmits (dataplane/zerocopy): random

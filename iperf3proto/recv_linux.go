@@ -18,7 +18,7 @@ const truncLen = 16 << 20
 // A maxLowat above 1 turns on the adaptive receive low-watermark (see
 // lowat). ok is false when conn is not a TCP socket or the kernel refuses
 // MSG_TRUNC, in which case nothing was read.
-func truncDiscard(conn net.Conn, maxLowat int, onBytes func(int)) (total int64, ok bool, err error) {
+func truncDiscard(conn net.Conn, maxLowat int, b *ByteBudget, onBytes func(int)) (total int64, ok bool, err error) {
 	tc, isTCP := conn.(*net.TCPConn)
 	if !isTCP {
 		return 0, false, nil
@@ -32,8 +32,17 @@ func truncDiscard(conn net.Conn, maxLowat int, onBytes func(int)) (total int64, 
 	eof, unsupported := false, false
 	err = rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, truncLen, unix.MSG_TRUNC, 0, 0)
+			want := b.take(truncLen)
+			if want == 0 {
+				rerr = ErrBudgetSpent
+				return true
+			}
+			r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, uintptr(want), unix.MSG_TRUNC, 0, 0)
 			n := int64(r)
+			if errno != 0 {
+				n = 0
+			}
+			b.give(want - int(n))
 			switch {
 			case errno == unix.EINTR:
 				continue
@@ -110,7 +119,7 @@ const maxFinalDrain = 16 << 20
 
 // drainQueued discards, without waiting, what is already queued on conn
 // (the tail a receive low-watermark left unread) and returns the count.
-func drainQueued(conn net.Conn) int64 {
+func drainQueued(conn net.Conn, b *ByteBudget) int64 {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		return 0
@@ -122,7 +131,15 @@ func drainQueued(conn net.Conn) int64 {
 	var total int64
 	_ = rc.Control(func(fd uintptr) {
 		for total < maxFinalDrain {
-			r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, uintptr(maxFinalDrain-total), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+			want := b.take(int(maxFinalDrain - total))
+			if want == 0 {
+				return
+			}
+			r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, uintptr(want), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+			if errno != 0 {
+				r = 0
+			}
+			b.give(want - int(r))
 			if errno == unix.EINTR {
 				continue
 			}

@@ -67,6 +67,8 @@ type ServerConfig struct {
 	// OnStart, when set, is called with the accepted parameters before
 	// streams are created; an error refuses the test with ACCESS_DENIED.
 	OnStart func(Params) error
+	// Budget, when set, bounds the bytes the streams move (see ByteBudget).
+	Budget *ByteBudget
 }
 
 // StreamStats is one stream's outcome on the server side.
@@ -776,7 +778,7 @@ func (t *test) setupStreams(conns []net.Conn) error {
 	p := t.params
 	n := max(p.Parallel, 1)
 	for i, c := range conns {
-		st := &stream{id: streamID(i), udp: p.UDP, conn: c, done: make(chan struct{})}
+		st := &stream{id: streamID(i), udp: p.UDP, conn: c, done: make(chan struct{}), budget: t.cfg.Budget}
 		st.sender = p.Reverse || (p.Bidirectional && i >= n)
 		t.streams = append(t.streams, st)
 		if err := t.applySockopts(st); err != nil {
@@ -914,7 +916,7 @@ func (t *test) endStreams(retrans bool) {
 			<-st.done
 		}
 		if st.started && !st.sender && !st.udp {
-			if n := drainQueued(st.conn); n > 0 {
+			if n := drainQueued(st.conn, st.budget); n > 0 {
 				st.bytes.Add(n)
 				t.srv.received.Add(n)
 			}

@@ -20,6 +20,8 @@ type stream struct {
 	// started is set (by the test goroutine) when the worker runs; done is
 	// closed when it returns.
 	started bool
+	// budget, when set, bounds the bytes the stream moves (ByteBudget).
+	budget *ByteBudget
 
 	bytes   atomic.Int64 // bytes moved (sent or received) since the test began
 	packets atomic.Int64 // UDP datagrams sent (sender side)
@@ -115,11 +117,12 @@ func (s *stream) runTCPSender(p *payload, blk int, bps uint64, lim *sendLimit, m
 			return
 		default:
 		}
-		n := lim.take(blk)
+		n := s.budget.take(lim.take(blk))
 		if n == 0 || !pc.wait(n, stop) {
 			return
 		}
 		w, err := p.send(s.conn, n)
+		s.budget.give(n - max(w, 0))
 		if w > 0 {
 			s.bytes.Add(int64(w))
 			meter.Add(int64(w))
@@ -134,10 +137,13 @@ func (s *stream) runTCPSender(p *payload, blk int, bps uint64, lim *sendLimit, m
 // discardTCP).
 func (s *stream) runTCPReceiver(lowat int, meter *atomic.Int64) {
 	defer close(s.done)
-	_, _ = discardTCP(s.conn, lowat, func(n int) {
+	_, err := discardTCP(s.conn, lowat, s.budget, func(n int) {
 		s.bytes.Add(int64(n))
 		meter.Add(int64(n))
 	})
+	if errors.Is(err, ErrBudgetSpent) {
+		_ = s.conn.Close() // nothing more is read or drained
+	}
 }
 
 // runUDPSender sends datagrams with the iperf3 header until stop, an
@@ -155,6 +161,10 @@ func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *se
 			return
 		default:
 		}
+		if g := s.budget.take(blk); g < blk {
+			s.budget.give(g)
+			return
+		}
 		if lim.take(blk) == 0 || !pc.wait(blk, stop) {
 			return
 		}
@@ -163,6 +173,7 @@ func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *se
 		h := UDPHeader{Sec: uint32(now.Unix()), Usec: uint32(now.Nanosecond() / 1000), Seq: seq}
 		_, _ = h.Encode(buf, c64)
 		w, err := s.conn.Write(buf)
+		s.budget.give(blk - max(w, 0))
 		if err != nil {
 			seq--
 			// The peer's socket may not be ready yet (ICMP unreachable) or
@@ -202,7 +213,7 @@ func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
 		}
 		now := time.Now()
 		s.mu.Lock()
-		if s.count {
+		if s.count && s.budget.spend(n) {
 			s.bytes.Add(int64(n))
 			meter.Add(int64(n))
 			if n >= hl {

@@ -190,6 +190,7 @@ func printStatus(e *env, st server.Status) {
 	fmt.Fprintf(w, "Peers:        %d authorized\n", len(st.Peers))
 	fmt.Fprintf(w, "Connections:  %d open\n", st.Connections)
 	fmt.Fprintf(w, "Sessions:     %d active\n", len(st.Sessions.Active))
+	fmt.Fprintf(w, "Legacy:       %d request(s) refused: the client lacks a needed feature (audit session_denied, missing_feature)\n", st.Sessions.LegacyClientDenials)
 	for _, a := range st.Sessions.Active {
 		fmt.Fprintf(w, "  %s %s %s peer %s until %s\n", a.TestID, a.TestType, a.Mode, a.PeerID, a.ExpiresAt.UTC().Format(time.RFC3339))
 	}

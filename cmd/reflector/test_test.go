@@ -130,6 +130,9 @@ func TestReflectorTestDenied(t *testing.T) {
 	holderKey := servertest.NewKey(t)
 	h.Authorize(holderKey)
 	holder := h.Dial(holderKey)
+	if _, err := holder.Hello(); err != nil { // announces tunnel
+		t.Fatal(err)
+	}
 	g, err := holder.RequestSession(link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,9 +13,23 @@ import (
 
 // Data plane modes (network.mode).
 const (
-	ModeTunneled        = "tunneled"
+	// ModeTunneled runs every test through the control port (only 4000
+	// open); a client that does not announce the tunnel feature in hello
+	// (the shipped appliance) is refused with invalid_params.
+	ModeTunneled = "tunneled"
+	// ModeDirectEphemeral grants a port of the data port range.
 	ModeDirectEphemeral = "direct_ephemeral"
+	// ModeAuto tunnels clients that announce the tunnel feature and grants
+	// the others a port of the data port range (open both).
+	ModeAuto = "auto"
 )
+
+// Tunnels reports whether the mode serves tunneled tests (tunneled, auto).
+func (n NetworkConfig) Tunnels() bool { return n.Mode != ModeDirectEphemeral }
+
+// DirectPorts reports whether the mode grants data ports (direct_ephemeral,
+// auto).
+func (n NetworkConfig) DirectPorts() bool { return n.Mode != ModeTunneled }
 
 // Well-known locations.
 const (
@@ -62,7 +76,7 @@ type IdentityConfig struct {
 type NetworkConfig struct {
 	ListenAddress      string `toml:"listen_address"`        // host:port for pp-link/1 (TCP and QUIC)
 	ALPN               string `toml:"alpn"`                  // TLS application protocol
-	Mode               string `toml:"mode"`                  // ModeTunneled or ModeDirectEphemeral
+	Mode               string `toml:"mode"`                  // ModeTunneled, ModeDirectEphemeral or ModeAuto
 	DataPortRangeStart int    `toml:"data_port_range_start"` // first port for direct_ephemeral tests
 	DataPortRangeEnd   int    `toml:"data_port_range_end"`   // last port (inclusive)
 }

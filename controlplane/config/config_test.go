@@ -215,6 +215,16 @@ max_concurrent_tests = 4
 			warnings: []string{"data port range has 2 ports"},
 		},
 		{
+			name:     "auto mode grants data ports too",
+			toml:     "[network]\nmode = \"auto\"\ndata_port_range_start = 6000\ndata_port_range_end = 6001\n[quotas]\nmax_concurrent_tests = 3\n",
+			warnings: []string{"data port range has 2 ports"},
+			check: func(t *testing.T, c *Config) {
+				eq(t, c.Network.Mode, ModeAuto)
+				eq(t, c.Network.Tunnels(), true)
+				eq(t, c.Network.DirectPorts(), true)
+			},
+		},
+		{
 			name: "edge values",
 			toml: "[network]\nlisten_address = \":0\"\ndata_port_range_start = 1\ndata_port_range_end = 1\n[quotas]\ncooldown_sec = 0\n[iperf3]\ndefault_streams = 128\nmax_streams = 128\n[limits]\nshutdown_grace_sec = 0\n[metrics]\nlisten_address = \"localhost:9100\"\n",
 			check: func(t *testing.T, c *Config) {
@@ -277,7 +287,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "port zero", toml: "[network]\ndata_port_range_start = 0\n", want: []string{"network.data_port_range_start = 0: out of range; allowed: 1 to 65535"}},
 		{name: "port too high", toml: "[network]\ndata_port_range_end = 70000\n", want: []string{"network.data_port_range_end = 70000: out of range; allowed: 1 to 65535"}},
 		{name: "range holds control port", toml: "[network]\nlisten_address = \":5205\"\n", want: []string{"network.data_port_range_start = 5201", "control port 5205"}},
-		{name: "unknown mode", toml: "[network]\nmode = \"direct\"\n", want: []string{`network.mode = "direct": unknown mode; allowed: "tunneled", "direct_ephemeral"`}},
+		{name: "unknown mode", toml: "[network]\nmode = \"direct\"\n", want: []string{`network.mode = "direct": unknown mode; allowed: "tunneled", "direct_ephemeral", "auto"`}},
 		{name: "empty alpn", toml: "[network]\nalpn = \"\"\n", want: []string{`network.alpn = "": must be 1 to 255 bytes`}},
 		{name: "listen address without port", toml: "[network]\nlisten_address = \"0.0.0.0\"\n", want: []string{`network.listen_address = "0.0.0.0": not host:port`}},
 		{name: "listen address bad port", toml: "[network]\nlisten_address = \"0.0.0.0:http\"\n", want: []string{`network.listen_address = "0.0.0.0:http": port "http" must be a number from 0 to 65535`}},

@@ -42,8 +42,8 @@ func (c *Config) validate() []error {
 	if c.Network.ALPN == "" || len(c.Network.ALPN) > maxALPNLen {
 		v.add("network.alpn", strconv.Quote(c.Network.ALPN), fmt.Sprintf("must be 1 to %d bytes (e.g. \"pp-link/1\")", maxALPNLen))
 	}
-	if c.Network.Mode != ModeTunneled && c.Network.Mode != ModeDirectEphemeral {
-		v.add("network.mode", strconv.Quote(c.Network.Mode), "unknown mode; allowed: \""+ModeTunneled+"\", \""+ModeDirectEphemeral+"\"")
+	if c.Network.Mode != ModeTunneled && c.Network.Mode != ModeDirectEphemeral && c.Network.Mode != ModeAuto {
+		v.add("network.mode", strconv.Quote(c.Network.Mode), "unknown mode; allowed: \""+ModeTunneled+"\", \""+ModeDirectEphemeral+"\", \""+ModeAuto+"\"")
 	}
 	start, end := c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd
 	okStart := v.intRange("network.data_port_range_start", int64(start), 1, 65535)
@@ -112,7 +112,7 @@ func (c *Config) advice() []string {
 	if !c.Quotas.AllowUDPEcho && !c.Quotas.AllowThroughput {
 		w = append(w, "config: quotas.allow_udp_echo and quotas.allow_throughput are both false: every test request will be denied")
 	}
-	if n := c.Network.DataPortRangeEnd - c.Network.DataPortRangeStart + 1; c.Network.Mode == ModeDirectEphemeral && c.Quotas.MaxConcurrentTests > n {
+	if n := c.Network.DataPortRangeEnd - c.Network.DataPortRangeStart + 1; c.Network.DirectPorts() && c.Quotas.MaxConcurrentTests > n {
 		w = append(w, fmt.Sprintf("config: quotas.max_concurrent_tests = %d but the data port range has %d ports: direct_ephemeral tests beyond %d are refused", c.Quotas.MaxConcurrentTests, n, n))
 	}
 	return w

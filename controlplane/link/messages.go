@@ -23,6 +23,19 @@ const (
 	FeatureTunnel = "tunnel"
 	// FeatureTestResult announces the get_test_result extension.
 	FeatureTestResult = "test_result"
+
+	// Client capabilities a client announces in hello (ours does; the
+	// shipped appliance does not) and the reflector's grants depend on.
+	// FeatureTunnel from a client means it can run a tunneled grant.
+
+	// FeatureClamp: the client reads the grant's duration_sec and streams
+	// and runs the lowered test, so a request above the limits may be
+	// clamped; without it such a request is refused (invalid_params).
+	FeatureClamp = "clamp"
+	// FeatureLateStart: the client may hand the grant to a person who
+	// starts the test by hand (`reflector tunnel`), so an unused grant is
+	// kept until its deadline instead of ending at the claim deadline.
+	FeatureLateStart = "late_start"
 )
 
 // Test types (session_request.test_type, active_test.test_type). The

@@ -156,6 +156,31 @@ const (
 
 var rateLimitKinds = []RateLimitKind{LimitNewConns, LimitFrames, LimitTestsPerHour, LimitCooldown}
 
+// ClientFeature names a capability a client did not announce in hello
+// although its request needed it (a legacy client, e.g. the shipped
+// appliance, refused rather than granted a test it cannot run).
+type ClientFeature string
+
+// Missing client features.
+const (
+	MissingTunnel ClientFeature = "tunnel" // a tunneled-only reflector
+	MissingClamp  ClientFeature = "clamp"  // a request above the limits
+)
+
+var clientFeatures = []ClientFeature{MissingTunnel, MissingClamp}
+
+// DataConnRefusal says why a connection to a granted direct-mode data port
+// was refused (iperf3 ACCESS_DENIED).
+type DataConnRefusal string
+
+// Data port refusals.
+const (
+	DataForeignSource  DataConnRefusal = "foreign_source"  // not from the grant holder's address
+	DataAlreadyClaimed DataConnRefusal = "already_claimed" // the holder's address, after the test's own connections
+)
+
+var dataConnRefusals = []DataConnRefusal{DataForeignSource, DataAlreadyClaimed}
+
 // norm returns v when it is in set, LabelOther otherwise.
 func norm[T ~string](v T, set []T) string {
 	for _, s := range set {

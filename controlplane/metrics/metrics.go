@@ -39,6 +39,8 @@ type Metrics struct {
 	echoDropped       prometheus.Counter
 	attachDenied      *prometheus.CounterVec
 	rateLimited       *prometheus.CounterVec
+	legacyDenied      *prometheus.CounterVec
+	dataRefused       *prometheus.CounterVec
 }
 
 // New returns the metrics on a fresh registry that also carries the build
@@ -83,6 +85,10 @@ func New(version, commit string) *Metrics {
 			"Tunnel attach requests refused, by reason.", "reason"),
 		rateLimited: counterVec("rate_limited_total",
 			"Requests refused by a rate limiter, by limiter.", "kind"),
+		legacyDenied: counterVec("legacy_client_denials_total",
+			"Session requests refused because the client did not announce a capability the grant needs (also in sessions_denied_total as invalid_params), by missing feature.", "missing"),
+		dataRefused: counterVec("data_connections_refused_total",
+			"Connections to a granted direct-mode data port refused with iperf3 ACCESS_DENIED, by reason.", "reason"),
 	}
 	m.sessionsActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "sessions_active",
@@ -132,6 +138,12 @@ func (m *Metrics) zero() {
 	}
 	for _, k := range withOther(rateLimitKinds) {
 		m.rateLimited.WithLabelValues(k)
+	}
+	for _, f := range withOther(clientFeatures) {
+		m.legacyDenied.WithLabelValues(f)
+	}
+	for _, r := range withOther(dataConnRefusals) {
+		m.dataRefused.WithLabelValues(r)
 	}
 }
 
@@ -278,4 +290,21 @@ func (m *Metrics) RateLimited(kind RateLimitKind) {
 		return
 	}
 	m.rateLimited.WithLabelValues(norm(kind, rateLimitKinds)).Inc()
+}
+
+// LegacyClientDenied counts a session request refused because the client
+// did not announce the feature missing.
+func (m *Metrics) LegacyClientDenied(missing ClientFeature) {
+	if m == nil {
+		return
+	}
+	m.legacyDenied.WithLabelValues(norm(missing, clientFeatures)).Inc()
+}
+
+// DataConnsRefused counts n connections to a data port refused for reason.
+func (m *Metrics) DataConnsRefused(reason DataConnRefusal, n int64) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.dataRefused.WithLabelValues(norm(reason, dataConnRefusals)).Add(float64(n))
 }

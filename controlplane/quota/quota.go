@@ -111,11 +111,18 @@ type fileData struct {
 	Peers      map[string]*peerState `json:"peers"`
 }
 
-// Store is the persisted accounting. It is safe for concurrent use.
+// Store is the persisted accounting. It is safe for concurrent use. Its
+// lock guards the accounting in memory only: a file write (two fsyncs) runs
+// outside it, so readers (Usages, Check, Remaining) never wait for a slow
+// disk.
 type Store struct {
 	path   string
 	limits Limits
 	flush  time.Duration
+
+	// wmu serialises file writes; a write takes its snapshot while holding
+	// it, so the last file written is always the newest accounting.
+	wmu sync.Mutex
 
 	mu        sync.Mutex
 	data      fileData
@@ -277,7 +284,6 @@ func (s *Store) Check(peer string, now time.Time) Decision {
 // in-memory accounting has it regardless.
 func (s *Store) Begin(peer string, now time.Time) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.peer(peer, now, true)
 	s.rollTotals(now)
 	p.Starts = append(p.Starts, now)
@@ -286,7 +292,31 @@ func (s *Store) Begin(peer string, now time.Time) error {
 	p.TestsDay++
 	s.data.TestsToday++
 	s.dirty = true
-	return s.flushLocked(now)
+	s.mu.Unlock()
+	return s.persist(now)
+}
+
+// Withdraw takes back the start Begin recorded for peer at start, for an
+// attempt the reflector refused after all (its audit line could not be
+// written, its data port could not be opened): it no longer counts in the
+// hour or the day, and the cooldown is released. It persists the
+// accounting.
+func (s *Store) Withdraw(peer string, start, now time.Time) error {
+	s.mu.Lock()
+	p := s.peer(peer, now, true)
+	if i := slices.IndexFunc(p.Starts, start.Equal); i >= 0 {
+		p.Starts = slices.Delete(p.Starts, i, i+1)
+		if dayOf(start) == p.Day && p.TestsDay > 0 {
+			p.TestsDay--
+		}
+		if dayOf(start) == s.data.Day && s.data.TestsToday > 0 {
+			s.data.TestsToday--
+		}
+	}
+	p.CooldownReleased = true
+	s.dirty = true
+	s.mu.Unlock()
+	return s.persist(now)
 }
 
 // AddBytes adds n bytes moved by peer at now to the peer's and the day's
@@ -298,16 +328,17 @@ func (s *Store) AddBytes(peer string, n int64, now time.Time) error {
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.peer(peer, now, true)
 	s.rollTotals(now)
 	p.BytesDay = satAdd(p.BytesDay, n)
 	s.data.BytesToday = satAdd(s.data.BytesToday, n)
 	s.dirty = true
-	if now.Sub(s.lastFlush) < s.flush {
+	due := now.Sub(s.lastFlush) >= s.flush
+	s.mu.Unlock()
+	if !due {
 		return nil
 	}
-	return s.flushLocked(now)
+	return s.persist(now)
 }
 
 // satAdd adds non-negative b to a without overflowing.
@@ -323,11 +354,11 @@ func satAdd(a, b int64) int64 {
 // accounting.
 func (s *Store) End(peer string, completed bool, now time.Time) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	p := s.peer(peer, now, true)
 	p.CooldownReleased = completed
 	s.dirty = true
-	return s.flushLocked(now)
+	s.mu.Unlock()
+	return s.persist(now)
 }
 
 // Remaining returns the bytes peer may still move today (UTC), zero when
@@ -371,9 +402,7 @@ func (s *Store) Today(now time.Time) (tests int, bytes int64) {
 
 // Flush persists the accounting if it changed since the last write.
 func (s *Store) Flush(now time.Time) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.flushLocked(now)
+	return s.persist(now)
 }
 
 // Err returns the last persist failure, nil once a later write succeeded.
@@ -383,12 +412,43 @@ func (s *Store) Err() error {
 	return s.flushErr
 }
 
-// flushLocked writes the file when dirty. Peers with nothing left to count
-// (no starts in the hour, no bytes today, cooldown over) are dropped first.
-func (s *Store) flushLocked(now time.Time) error {
+// persist writes the file when the accounting changed. The snapshot is
+// taken under s.mu, the write (temp file, fsync, rename) runs without it.
+// Peers with nothing left to count (no starts in the hour, no bytes today,
+// cooldown over) are dropped first.
+func (s *Store) persist(now time.Time) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
 	if !s.dirty {
+		s.mu.Unlock()
 		return nil
 	}
+	s.dropIdleLocked(now)
+	b, err := json.MarshalIndent(&s.data, "", "  ")
+	s.dirty = false
+	s.mu.Unlock()
+	if err == nil {
+		err = atomicfile.WriteFile(s.path, append(b, '\n'), fileMode)
+		if err != nil {
+			err = fmt.Errorf("persist quota file %s: %w", s.path, err)
+		}
+	} else {
+		err = fmt.Errorf("encode quota file %s: %w", s.path, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flushErr = err
+	if err != nil {
+		s.dirty = true // try again at the next change or Flush
+		return err
+	}
+	s.lastFlush = now
+	return nil
+}
+
+// dropIdleLocked forgets peers with nothing left to count.
+func (s *Store) dropIdleLocked(now time.Time) {
 	for id := range s.data.Peers {
 		p := s.peer(id, now, false)
 		idle := len(p.Starts) == 0 && p.BytesDay == 0 && p.TestsDay == 0 &&
@@ -397,19 +457,6 @@ func (s *Store) flushLocked(now time.Time) error {
 			delete(s.data.Peers, id)
 		}
 	}
-	b, err := json.MarshalIndent(&s.data, "", "  ")
-	if err != nil {
-		s.flushErr = fmt.Errorf("encode quota file %s: %w", s.path, err)
-		return s.flushErr
-	}
-	if err := atomicfile.WriteFile(s.path, append(b, '\n'), fileMode); err != nil {
-		s.flushErr = fmt.Errorf("persist quota file %s: %w", s.path, err)
-		return s.flushErr
-	}
-	s.dirty = false
-	s.lastFlush = now
-	s.flushErr = nil
-	return nil
 }
 
 // Usages returns the usage of every peer with accounting at now.

@@ -318,3 +318,40 @@ func TestAddBytesSaturates(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWithdraw: a start taken back counts neither in the hour nor the day,
+// releases the cooldown, and is gone from the file too.
+func TestWithdraw(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	const peer = "PP-A"
+	if err := s.Begin(peer, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.End(peer, true, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	second := t0.Add(2 * time.Second)
+	if err := s.Begin(peer, second); err != nil {
+		t.Fatal(err)
+	}
+	if d := s.Check(peer, second.Add(time.Second)); d.OK {
+		t.Fatal("no cooldown after a start")
+	}
+	if err := s.Withdraw(peer, second, second.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d := s.Check(peer, second.Add(time.Second)); !d.OK {
+		t.Fatalf("after Withdraw: %+v, want allowed", d)
+	}
+	u := s.Peer(peer, second.Add(time.Second))
+	if u.TestsLastHour != 1 || u.TestsToday != 1 {
+		t.Fatalf("usage %+v: want only the first start counted", u)
+	}
+	if tests, _ := s.Today(second); tests != 1 {
+		t.Fatalf("tests today %d, want 1", tests)
+	}
+	if u := open(t, dir).Peer(peer, second.Add(time.Second)); u.TestsLastHour != 1 || u.TestsToday != 1 {
+		t.Fatalf("reloaded usage %+v", u)
+	}
+}

@@ -170,7 +170,16 @@ func TestBadFramesDocumentedOutcomes(t *testing.T) {
 		}
 	}
 	checkBystander(t, "invalid parameters", bystander)
-	_, m := call(`{"request_id":"h1","payload":{"type":"session_request","test_type":"throughput","params":{"duration_sec":9223372036854775807,"streams":2147483647}}}`)
+	huge := `{"request_id":"h1","payload":{"type":"session_request","test_type":"throughput","params":{"duration_sec":9223372036854775807,"streams":2147483647}}}`
+	// A client that did not announce clamp is refused naming the limits;
+	// one that did gets the clamped grant.
+	if _, m := call(huge); m.MessageType() != "session_deny" || !strings.Contains(m.(*link.SessionDeny).Message, "exceeds max_streams") {
+		t.Fatalf("huge duration_sec/streams without the clamp feature -> %#v, want invalid_params naming the limits", m)
+	}
+	if _, m := call(`{"request_id":"h0","payload":{"type":"hello","version":"1.0","features":["throughput","udp_echo","clamp"]}}`); m.MessageType() != "server_hello" {
+		t.Fatalf("hello -> %#v", m)
+	}
+	_, m := call(huge)
 	g, ok := m.(*link.SessionGrant)
 	maxDur := h.Config.Quotas.MaxTestDurationSec
 	if !ok || !g.Clamped || g.DurationSec != maxDur || g.Streams != h.Config.Iperf3.MaxStreams {

@@ -61,6 +61,11 @@ type PeerUsage struct {
 type SessionStatus struct {
 	Active []ActiveSession `json:"active"`
 	Usage  []PeerUsage     `json:"usage"`
+	// LegacyClientDenials counts the session requests refused since the
+	// start because the client did not announce a capability its grant
+	// needs (the shipped appliance against a tunneled-only reflector, or
+	// asking above the limits): why appliances fail, at a glance.
+	LegacyClientDenials int64 `json:"legacy_client_denials"`
 }
 
 // Sessions decides and runs tests. The Server hands it every session

@@ -7,7 +7,6 @@ import (
 	"net"
 
 	"github.com/packetparamedic/reflector/controlplane/audit"
-	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
 	"github.com/packetparamedic/reflector/dataplane/tunnel"
@@ -38,7 +37,7 @@ var errAttachRefused = errors.New("tunnel attach refused")
 // port to open.
 func (s *Server) startQUIC(addr net.Addr) *tunnel.QUICListener {
 	ts, ok := s.sessions.(TunnelSessions)
-	if !ok || s.cfg.Network.Mode != config.ModeTunneled {
+	if !ok || !s.cfg.Network.Tunnels() {
 		return nil
 	}
 	ta, _ := addr.(*net.TCPAddr)

@@ -49,6 +49,9 @@ type engine interface {
 	meter() (sent, received int64)
 	// close releases the sockets; it is idempotent and safe after run.
 	close()
+	// claimed reports whether the peer came for the test: a connection
+	// or datagram from its address reached the data port.
+	claimed() bool
 }
 
 // endCause is the context cause naming why the manager ended a session.
@@ -80,12 +83,14 @@ type udpAcceptor interface {
 // only from allow.
 type openUDPFunc func(ctx context.Context, addr string, allow netip.Addr) (udpAcceptor, error)
 
-// countingListener counts connections from addresses other than allowed;
-// it passes them on, and the iperf3 server answers them ACCESS_DENIED.
+// countingListener counts connections from addresses other than allowed
+// (it passes them on, and the iperf3 server answers them ACCESS_DENIED)
+// and those from allowed.
 type countingListener struct {
 	net.Listener
 	allowed netip.Addr
 	foreign *atomic.Int64
+	own     *atomic.Int64
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -93,6 +98,8 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	if err == nil {
 		if a, ok := c.RemoteAddr().(*net.TCPAddr); ok && a.AddrPort().Addr().Unmap() != l.allowed {
 			l.foreign.Add(1)
+		} else {
+			l.own.Add(1)
 		}
 	}
 	return c, err
@@ -113,6 +120,7 @@ type throughputEngine struct {
 	udp     udpAcceptor
 	srv     *iperf3proto.Server
 	foreign atomic.Int64
+	own     atomic.Int64 // connections from the peer's address
 }
 
 // throughputSummary is the test_result / audit summary of a throughput test.
@@ -131,14 +139,18 @@ type throughputSummary struct {
 	Packets        int64   `json:"packets,omitempty"`
 	JitterMs       float64 `json:"jitter_ms,omitempty"`
 	ForeignRefused int64   `json:"foreign_refused"`
+	// ExtraRefused counts connections from the peer's address beyond the
+	// test's own (control and streams), refused: a second iperf3 client.
+	ExtraRefused int64 `json:"extra_refused,omitempty"`
 	// ForeignDropped counts UDP datagrams from other senders (protocol udp).
 	ForeignDropped uint64 `json:"foreign_dropped,omitempty"`
 	Error          string `json:"error,omitempty"`
 }
 
 // openThroughput listens on host:port (TCP and UDP) for one iperf3 test
-// from allowed, limited to sp and ending by deadline at the latest.
-func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port int, allowed netip.Addr, sp *spec, deadline time.Time, log zerolog.Logger) (*throughputEngine, error) {
+// from allowed, limited to sp and budget and ending by deadline at the
+// latest.
+func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port int, allowed netip.Addr, sp *spec, deadline time.Time, budget *iperf3proto.ByteBudget, log zerolog.Logger) (*throughputEngine, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
@@ -153,21 +165,23 @@ func openThroughput(ctx context.Context, openUDP openUDPFunc, host string, port 
 			return nil, fmt.Errorf("listen udp %s: %w", addr, err)
 		}
 	}
-	return newThroughputEngine(ln, udp, allowed, sp, deadline, log), nil
+	return newThroughputEngine(ln, udp, allowed, sp, deadline, budget, log), nil
 }
 
 // newThroughputEngine serves one iperf3 test from allowed on ln (and udp
-// for protocol udp; nil otherwise), limited to sp and ending by deadline
-// at the latest.
-func newThroughputEngine(ln net.Listener, udp udpAcceptor, allowed netip.Addr, sp *spec, deadline time.Time, log zerolog.Logger) *throughputEngine {
+// for protocol udp; nil otherwise), limited to sp and budget and ending by
+// deadline at the latest. Only the first control connection from allowed
+// runs a test: the iperf3 server refuses every later one.
+func newThroughputEngine(ln net.Listener, udp udpAcceptor, allowed netip.Addr, sp *spec, deadline time.Time, budget *iperf3proto.ByteBudget, log zerolog.Logger) *throughputEngine {
 	e := &throughputEngine{udp: udp}
-	e.ln = &countingListener{Listener: ln, allowed: allowed, foreign: &e.foreign}
+	e.ln = &countingListener{Listener: ln, allowed: allowed, foreign: &e.foreign, own: &e.own}
 	wantUDP := sp.Protocol == "udp"
 	e.srv = iperf3proto.NewServer(iperf3proto.ServerConfig{
 		MaxStreams:    sp.Streams,
 		MaxDuration:   sp.duration(),
 		Deadline:      deadline,
 		AllowedSource: allowed,
+		Budget:        budget,
 		Logger:        log,
 		OnStart: func(p iperf3proto.Params) error {
 			if p.UDP != wantUDP {
@@ -180,6 +194,8 @@ func newThroughputEngine(ln net.Listener, udp udpAcceptor, allowed netip.Addr, s
 }
 
 func (e *throughputEngine) meter() (int64, int64) { return e.srv.Meter() }
+
+func (e *throughputEngine) claimed() bool { return e.own.Load() > 0 }
 
 func (e *throughputEngine) close() {
 	_ = e.ln.Close()
@@ -234,6 +250,12 @@ func (e *throughputEngine) run(ctx context.Context) outcome {
 	if e.udp != nil {
 		sum.ForeignDropped = e.udp.Dropped()
 	}
+	// The peer's own connections: control, and the TCP streams set up.
+	used := int64(1)
+	if res.Protocol == "tcp" {
+		used += int64(len(res.PerStream))
+	}
+	sum.ExtraRefused = max(e.own.Load()-used, 0)
 	if res.Err != nil {
 		sum.Error = res.Err.Error()
 	}
@@ -292,6 +314,11 @@ func (e *echoEngine) meter() (int64, int64) {
 }
 
 func (e *echoEngine) close() { _ = e.eng.Close() }
+
+func (e *echoEngine) claimed() bool {
+	st := e.eng.Stats()
+	return st.Received > st.DroppedForeign
+}
 
 func (e *echoEngine) run(ctx context.Context) outcome {
 	sctx, cancel := context.WithDeadline(ctx, e.until)

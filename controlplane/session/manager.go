@@ -36,6 +36,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"sort"
@@ -52,6 +53,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/quota"
 	"github.com/packetparamedic/reflector/controlplane/server"
+	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
 // Tuning of the manager.
@@ -70,6 +72,13 @@ const (
 	keepResults = 8
 	// writeTimeout bounds answers written by Attach.
 	writeTimeout = 5 * time.Second
+	// claimDeadline is how long a grant waits for its first connection (a
+	// data port connection from the peer's address, or a tunnel attach)
+	// before it ends itself (no_client), giving back the test slot and the
+	// cooldown: the appliance starts iperf3 about 500 ms after the grant, a
+	// slow appliance within a second or two. Clients that announce
+	// link.FeatureLateStart keep their grant until its deadline.
+	claimDeadline = 5 * time.Second
 )
 
 // Ports lends data ports for direct_ephemeral sessions;
@@ -120,14 +129,28 @@ type Manager struct {
 
 	mu      sync.Mutex
 	active  map[string]*session
+	pending int // slots reserved by grants being prepared
+	budgets map[identity.EndpointID]*peerBudget
 	results map[identity.EndpointID][]*link.TestResult
-	changed chan struct{} // closed and replaced whenever a session ends
+	changed chan struct{} // closed and replaced whenever a slot frees
 	closed  bool
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // reservations and running sessions
+
+	// legacyDenied counts requests refused for a missing client feature.
+	legacyDenied atomic.Int64
 
 	// onWait, when set (tests), is called when a request starts waiting
 	// for a slot held by the same peer.
 	onWait func()
+	// claimAfter is the claim deadline (claimDeadline; tests shorten it).
+	claimAfter time.Duration
+}
+
+// peerBudget is a peer's byte budget and how many sessions (running or
+// being prepared) draw from it.
+type peerBudget struct {
+	b     *iperf3proto.ByteBudget
+	users int
 }
 
 // session is one granted test.
@@ -143,6 +166,10 @@ type session struct {
 	ctx       context.Context // ends when the manager ends the session
 	cancel    context.CancelCauseFunc
 	done      chan struct{}
+	// budget is the peer's byte budget the engine draws from.
+	budget *iperf3proto.ByteBudget
+	// attached is set by the first accepted tunnel attach (a claim).
+	attached atomic.Bool
 
 	// counted is the bytes already added to the quota; sentSeen and
 	// recvSeen the engine's meter already reported to the metrics (run
@@ -169,9 +196,11 @@ func New(o Options) (*Manager, error) {
 		cfg: o.Config, audit: meteredAudit{o.Audit, o.Metrics}, metrics: o.Metrics, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
 		root: root, cancelRoot: cancel,
-		active:  map[string]*session{},
-		results: map[identity.EndpointID][]*link.TestResult{},
-		changed: make(chan struct{}),
+		active:     map[string]*session{},
+		budgets:    map[identity.EndpointID]*peerBudget{},
+		results:    map[identity.EndpointID][]*link.TestResult{},
+		changed:    make(chan struct{}),
+		claimAfter: claimDeadline,
 	}, nil
 }
 
@@ -193,13 +222,15 @@ func wireReason(peer server.PeerInfo, r link.DenyReason) link.DenyReason {
 }
 
 // deny audits and builds a session_deny with the reason peer can decode
-// (wireReason); the message keeps the details.
-func (m *Manager) deny(peer server.PeerInfo, req link.SessionRequest, reason link.DenyReason, msg string, retry *int) link.Message {
+// (wireReason); the message keeps the details, extra is added to the
+// audit line's details.
+func (m *Manager) deny(peer server.PeerInfo, req link.SessionRequest, reason link.DenyReason, msg string, retry *int, extra map[string]any) link.Message {
 	ev := audit.Event{
 		EventType: audit.SessionDenied, PeerID: peer.ID.String(), PeerAddr: peer.Addr.String(),
 		TestType: req.TestType, Params: req.Params, Decision: "denied", Reason: string(reason),
 		Details: map[string]any{"message": msg},
 	}
+	maps.Copy(ev.Details, extra)
 	if retry != nil {
 		ev.Details["retry_after_sec"] = *retry
 	}
@@ -234,27 +265,89 @@ func (m *Manager) soonestEndLocked() time.Time {
 
 // Request answers a session_request with a *link.SessionGrant or a
 // *link.SessionDeny. The grant is sent only once the data port listens.
+//
+// Locking: a slot (and the peer's byte budget) is reserved under m.mu; the
+// quota check, the data port's bind, quota.Begin (a file write) and the
+// session_granted audit line run without it; the session is published
+// under m.mu again. Status, Close, Result, PeerGone and Shutdown therefore
+// never wait for a disk or a socket, and nothing is granted that is not in
+// the audit log.
 func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.SessionRequest) link.Message {
-	sp, err := validate(m.cfg, req, m.openUDP != nil || m.tunneled())
-	if err != nil {
-		return m.deny(peer, req, link.DenyInvalidParams, err.Error(), nil)
+	mode, msg := m.grantMode(peer)
+	if msg != "" {
+		return m.denyLegacy(peer, req, metrics.MissingTunnel, msg)
 	}
+	sp, err := validate(m.cfg, req, m.openUDP != nil || mode == link.ModeTunneled, peer.Announced(link.FeatureClamp))
+	var le *limitError
+	switch {
+	case errors.As(err, &le):
+		return m.denyLegacy(peer, req, metrics.MissingClamp, err.Error())
+	case err != nil:
+		return m.deny(peer, req, link.DenyInvalidParams, err.Error(), nil, nil)
+	}
+	budget, deny := m.reserve(ctx, peer, req)
+	if deny != nil {
+		return deny
+	}
+	return m.grant(ctx, peer, req, sp, mode, budget)
+}
+
+// grantMode decides how peer's tests run from [network] mode and what its
+// hello announced; msg is the refusal for a client that cannot run the
+// only mode on offer.
+func (m *Manager) grantMode(peer server.PeerInfo) (mode, msg string) {
+	tunnels := peer.Announced(link.FeatureTunnel)
+	switch m.cfg.Network.Mode {
+	case config.ModeDirectEphemeral:
+		return link.ModeDirectEphemeral, ""
+	case config.ModeAuto:
+		if tunnels {
+			return link.ModeTunneled, ""
+		}
+		return link.ModeDirectEphemeral, ""
+	}
+	if tunnels {
+		return link.ModeTunneled, ""
+	}
+	return "", fmt.Sprintf("this reflector serves tunneled tests only (through port %d) and this client did not announce the %q feature; "+
+		"use a client that tunnels (reflector tunnel), or the operator sets [network] mode = %q (or %q) and opens the data ports %d-%d (TCP and UDP)",
+		m.controlPort(), link.FeatureTunnel, config.ModeAuto, config.ModeDirectEphemeral,
+		m.cfg.Network.DataPortRangeStart, m.cfg.Network.DataPortRangeEnd)
+}
+
+// denyLegacy refuses a request that needs a capability the client did not
+// announce (invalid_params, which the shipped appliance decodes), counted
+// apart so the operator sees why appliances fail.
+func (m *Manager) denyLegacy(peer server.PeerInfo, req link.SessionRequest, missing metrics.ClientFeature, msg string) link.Message {
+	m.legacyDenied.Add(1)
+	m.metrics.LegacyClientDenied(missing)
+	return m.deny(peer, req, link.DenyInvalidParams, msg, nil, map[string]any{"missing_feature": string(missing)})
+}
+
+// inUseLocked is the number of test slots taken: running sessions and
+// grants being prepared.
+func (m *Manager) inUseLocked() int { return len(m.active) + m.pending }
+
+// reserve waits for a test slot (a while, when the peer's own session is
+// about to end) and reserves it with the peer's byte budget, or returns
+// the busy refusal. A reservation is ended by publish or unreserve.
+func (m *Manager) reserve(ctx context.Context, peer server.PeerInfo, req link.SessionRequest) (*iperf3proto.ByteBudget, link.Message) {
 	waitUntil := time.Now().Add(samePeerWait)
 	m.mu.Lock()
 	for {
 		if m.closed {
 			m.mu.Unlock()
-			return m.deny(peer, req, link.DenyBusy, "the reflector is shutting down", nil)
+			return nil, m.deny(peer, req, link.DenyBusy, "the reflector is shutting down", nil, nil)
 		}
-		if len(m.active) < m.cfg.Quotas.MaxConcurrentTests {
+		if m.inUseLocked() < m.cfg.Quotas.MaxConcurrentTests {
 			break
 		}
 		left := time.Until(waitUntil)
 		if !m.ownsActiveLocked(peer.ID) || left <= 0 {
 			retry := retrySeconds(m.soonestEndLocked().Sub(m.now()))
-			n := len(m.active)
+			n := m.inUseLocked()
 			m.mu.Unlock()
-			return m.deny(peer, req, link.DenyBusy, fmt.Sprintf("%d of %d concurrent tests running", n, m.cfg.Quotas.MaxConcurrentTests), retry)
+			return nil, m.deny(peer, req, link.DenyBusy, fmt.Sprintf("%d of %d concurrent tests running", n, m.cfg.Quotas.MaxConcurrentTests), retry, nil)
 		}
 		changed := m.changed
 		m.mu.Unlock()
@@ -267,65 +360,90 @@ func (m *Manager) Request(ctx context.Context, peer server.PeerInfo, req link.Se
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return m.deny(peer, req, link.DenyBusy, "the control connection closed", nil)
+			return nil, m.deny(peer, req, link.DenyBusy, "the control connection closed", nil, nil)
 		}
 		t.Stop()
 		m.mu.Lock()
 	}
 	defer m.mu.Unlock()
-	return m.grantLocked(peer, req, sp)
+	m.pending++
+	m.wg.Add(1)
+	return m.budgetLocked(peer.ID), nil
 }
 
-// grantLocked runs the quota check, opens the data port and grants; m.mu
-// is held.
-func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp *spec) link.Message {
+// unreserve gives back a reservation that did not become a session.
+func (m *Manager) unreserve(peer identity.EndpointID) {
+	m.mu.Lock()
+	m.pending--
+	m.releaseBudgetLocked(peer)
+	m.signalLocked()
+	m.mu.Unlock()
+	m.wg.Done()
+}
+
+// signalLocked wakes the requests waiting for a slot.
+func (m *Manager) signalLocked() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// budgetLocked returns peer's byte budget, shared by all its running and
+// prepared sessions: what is left of its daily quota when the first of
+// them was reserved, so concurrent tests of one peer cannot each spend it.
+func (m *Manager) budgetLocked(peer identity.EndpointID) *iperf3proto.ByteBudget {
+	pb := m.budgets[peer]
+	if pb == nil {
+		pb = &peerBudget{b: iperf3proto.NewByteBudget(m.quota.Remaining(peer.String(), m.now()))}
+		m.budgets[peer] = pb
+	}
+	pb.users++
+	return pb.b
+}
+
+// releaseBudgetLocked drops one user of peer's byte budget.
+func (m *Manager) releaseBudgetLocked(peer identity.EndpointID) {
+	if pb := m.budgets[peer]; pb != nil {
+		if pb.users--; pb.users <= 0 {
+			delete(m.budgets, peer)
+		}
+	}
+}
+
+// grant prepares the session of a reserved slot without holding m.mu:
+// quota check, data port (or tunnel targets), quota start, audit; then
+// publishes it. Any refusal gives the reservation back.
+func (m *Manager) grant(ctx context.Context, peer server.PeerInfo, req link.SessionRequest, sp *spec, mode string, budget *iperf3proto.ByteBudget) link.Message {
 	now := m.now()
+	refuse := func(reason link.DenyReason, msg string, retry *int) link.Message {
+		m.unreserve(peer.ID)
+		return m.deny(peer, req, reason, msg, retry, nil)
+	}
 	if d := m.quota.Check(peer.ID.String(), now); !d.OK {
 		if d.Reason == link.DenyRateLimited {
 			m.metrics.RateLimited(m.rateLimitKind(peer.ID.String(), now))
 		}
-		return m.deny(peer, req, d.Reason, d.Message, retrySeconds(d.RetryAfter))
+		return refuse(d.Reason, d.Message, retrySeconds(d.RetryAfter))
 	}
-	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace()), done: make(chan struct{})}
+	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace()), done: make(chan struct{}), budget: budget}
 	var err error
 	if s.id, err = randomHex(16); err == nil {
 		s.token, err = randomToken()
 	}
 	if err != nil {
-		return m.deny(peer, req, link.DenyResourceExhausted, "no randomness for the session token", nil)
+		return refuse(link.DenyResourceExhausted, "no randomness for the session token", nil)
 	}
-
-	allowed := peer.Addr.Addr().Unmap()
-	open := func(port int) error {
-		var e engine
-		var err error
-		if sp.TestType == link.TestUDPEcho {
-			e, err = openEcho(m.root, m.host, port, allowed, sp, s.expires)
-		} else {
-			e, err = openThroughput(m.root, m.openUDP, m.host, port, allowed, sp, s.expires,
-				m.log.With().Str("test_id", s.id).Logger())
-		}
-		if err != nil {
-			return err
-		}
-		s.eng = e
-		return nil
-	}
-	mode := link.ModeDirectEphemeral
-	if m.tunneled() {
-		mode, s.port = link.ModeTunneled, m.controlPort()
-		m.openTunneled(s, allowed)
-	} else if s.port, err = m.ports.Acquire(open); err != nil {
-		return m.deny(peer, req, link.DenyResourceExhausted, "no data port free: "+err.Error(), nil)
+	if err := m.open(s, mode); err != nil {
+		return refuse(link.DenyResourceExhausted, "no data port free: "+err.Error(), nil)
 	}
 	abort := func() {
 		s.eng.close()
 		m.release(s)
+		m.unreserve(peer.ID)
 	}
 	if err := m.quota.Begin(peer.ID.String(), now); err != nil {
 		abort()
 		m.log.Error().Err(err).Msg("session: record test start")
-		return m.deny(peer, req, link.DenyResourceExhausted, "quota accounting cannot be saved", nil)
+		return m.deny(peer, req, link.DenyResourceExhausted, "quota accounting cannot be saved", nil, nil)
 	}
 	ev := audit.Event{
 		EventType: audit.SessionGranted, PeerID: peer.ID.String(), PeerAddr: peer.Addr.String(),
@@ -333,31 +451,71 @@ func (m *Manager) grantLocked(peer server.PeerInfo, req link.SessionRequest, sp 
 		Details: map[string]any{"mode": mode, "port": s.port, "expires_at": s.expires.UTC().Format(time.RFC3339Nano)},
 	}
 	if err := m.audit.Write(ev); err != nil {
-		// Fail closed: nothing is granted that is not on record. The start
-		// stays counted in the hour; the cooldown is released, the refusal
-		// being the reflector's fault.
+		// Fail closed: nothing is granted that is not on record. The
+		// refusal is the reflector's fault: the start is taken back.
 		abort()
-		_ = m.quota.End(peer.ID.String(), true, now)
+		if werr := m.quota.Withdraw(peer.ID.String(), now, m.now()); werr != nil {
+			m.log.Error().Err(werr).Msg("session: persist quota")
+		}
 		m.log.Error().Err(err).Msg("session: audit session_granted failed: refusing")
 		m.metrics.SessionDenied(metrics.DenyResourceExhausted, metrics.TestType(sp.TestType))
 		return &link.SessionDeny{Reason: wireReason(peer, link.DenyResourceExhausted), Message: "audit log unavailable"}
 	}
-
 	m.metrics.SessionGranted(metrics.TestType(sp.TestType))
-	ctx, cancel := context.WithCancelCause(m.root)
-	ctx, cancelDeadline := context.WithDeadlineCause(ctx, s.expires, endCause(EndDeadline))
-	s.ctx, s.cancel = ctx, func(c error) { cancel(c); cancelDeadline() }
-	m.active[s.id] = s
-	m.wg.Add(1)
-	go m.run(ctx, s)
-
-	m.log.Info().Str("peer", peer.ID.String()).Str("test_id", s.id).Str("test_type", sp.TestType).
+	m.publish(s)
+	if ctx.Err() != nil {
+		// The control connection closed while the grant was prepared:
+		// PeerGone did not see the session yet.
+		s.cancel(endCause(EndPeerGone))
+	}
+	m.log.Info().Str("peer", peer.ID.String()).Str("test_id", s.id).Str("test_type", sp.TestType).Str("mode", mode).
 		Int("port", s.port).Int("duration_sec", sp.DurationSec).Msg("session granted")
 	return &link.SessionGrant{
 		TestID: s.id, Mode: mode, Port: s.port, Token: s.token,
 		ExpiresAt:   s.expires.UTC().Format(time.RFC3339Nano),
 		DurationSec: sp.DurationSec, Streams: sp.Streams, Clamped: len(sp.Clamped) > 0,
 	}
+}
+
+// open builds s's data plane: the tunnel targets, or a data port from the
+// pool with its listeners (the bind runs without m.mu).
+func (m *Manager) open(s *session, mode string) error {
+	allowed := s.peer.Addr.Addr().Unmap()
+	if mode == link.ModeTunneled {
+		s.port = m.controlPort()
+		m.openTunneled(s, allowed)
+		return nil
+	}
+	var err error
+	s.port, err = m.ports.Acquire(func(port int) error {
+		var e engine
+		var err error
+		if s.sp.TestType == link.TestUDPEcho {
+			e, err = openEcho(m.root, m.host, port, allowed, s.sp, s.expires)
+		} else {
+			e, err = openThroughput(m.root, m.openUDP, m.host, port, allowed, s.sp, s.expires, s.budget,
+				m.log.With().Str("test_id", s.id).Logger())
+		}
+		if err != nil {
+			return err
+		}
+		s.eng = e
+		return nil
+	})
+	return err
+}
+
+// publish makes a prepared session live: it turns its reservation into a
+// running session and starts it.
+func (m *Manager) publish(s *session) {
+	ctx, cancel := context.WithCancelCause(m.root)
+	ctx, cancelDeadline := context.WithDeadlineCause(ctx, s.expires, endCause(EndDeadline))
+	s.ctx, s.cancel = ctx, func(c error) { cancel(c); cancelDeadline() }
+	m.mu.Lock()
+	m.pending--
+	m.active[s.id] = s
+	m.mu.Unlock()
+	go m.run(ctx, s) // the reservation's m.wg count is the session's now
 }
 
 // release gives a direct session's data port back to the pool; a
@@ -401,24 +559,43 @@ func randomToken() (string, error) {
 	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// run serves s until it ends, metering it, then closes it down.
+// run serves s until it ends, metering it, then closes it down. The
+// engine stops at the peer's byte budget by itself; the meter ticks keep
+// the quota file current and catch what the engine does not budget (echo).
 func (m *Manager) run(ctx context.Context, s *session) {
 	defer m.wg.Done()
 	outc := make(chan outcome, 1)
 	go func() { outc <- s.eng.run(ctx) }()
 	tick := time.NewTicker(meterInterval)
+	var claimC <-chan time.Time
+	if !s.peer.Announced(link.FeatureLateStart) {
+		claim := time.NewTimer(m.claimAfter)
+		defer claim.Stop()
+		claimC = claim.C
+	}
+	spent := s.budget.Exhausted()
 	var o outcome
 	cut := false
+	cutOff := func() {
+		cut, spent = true, nil
+		m.cutOff(s)
+		s.cancel(endCause(EndQuotaExceeded))
+	}
 loop:
 	for {
 		select {
 		case o = <-outc:
 			break loop
 		case <-tick.C:
-			if !cut && m.account(s) {
-				cut = true
-				m.cutOff(s)
-				s.cancel(endCause(EndQuotaExceeded))
+			if m.account(s) && !cut {
+				cutOff()
+			}
+		case <-spent:
+			m.account(s)
+			cutOff()
+		case <-claimC:
+			if !s.claimed() {
+				s.cancel(endCause(EndNoClient))
 			}
 		}
 	}
@@ -475,6 +652,25 @@ func (m *Manager) rateLimitKind(peer string, now time.Time) metrics.RateLimitKin
 	return metrics.LimitCooldown
 }
 
+// refusedConns counts and audits the connections s's data port refused:
+// from other addresses, and from the peer's address beyond the test's own
+// (a second iperf3 control connection: only the first one per grant runs).
+func (m *Manager) refusedConns(s *session, ts *throughputSummary) {
+	m.metrics.DataConnsRefused(metrics.DataForeignSource, ts.ForeignRefused)
+	m.metrics.DataConnsRefused(metrics.DataAlreadyClaimed, ts.ExtraRefused)
+	if ts.ExtraRefused == 0 {
+		return
+	}
+	err := m.audit.Write(audit.Event{
+		EventType: audit.ConnectionDenied, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
+		TestType: s.sp.TestType, TestID: s.id, Decision: "denied", Reason: "grant_already_claimed",
+		Details: map[string]any{"port": s.port, "mode": s.mode(), "refused": ts.ExtraRefused},
+	})
+	if err != nil {
+		m.log.Error().Err(err).Msg("session: audit refused data connections")
+	}
+}
+
 // meteredAudit counts the audit lines that could not be written.
 type meteredAudit struct {
 	w audit.Writer
@@ -490,6 +686,10 @@ func (a meteredAudit) Write(e audit.Event) error {
 	return err
 }
 
+// claimed reports whether anyone came for s's test: a connection from the
+// peer's address to its data port, or a tunnel attach.
+func (s *session) claimed() bool { return s.attached.Load() || s.eng.claimed() }
+
 // finish records the end of s: quota, audit, result, slot.
 func (m *Manager) finish(s *session, o outcome) {
 	now := m.now()
@@ -501,7 +701,14 @@ func (m *Manager) finish(s *session, o outcome) {
 		// little before the granted duration has passed since the grant).
 		completed = true
 	}
-	if err := m.quota.End(s.peer.ID.String(), completed, now); err != nil {
+	// A grant nobody came for by its claim deadline (or, late_start, its
+	// deadline) releases the cooldown as a completed test does: the client
+	// could not use it (e.g. a firewalled data port). Its start stays in
+	// the hour (it held the slot, and a peer must not hold it over and
+	// over with grants it never uses). A grant closed unused by its client
+	// keeps the cooldown, as any aborted test.
+	unclaimed := o.reason == EndNoClient && !s.claimed()
+	if err := m.quota.End(s.peer.ID.String(), completed || unclaimed, now); err != nil {
 		m.log.Error().Err(err).Msg("session: persist quota at session end")
 	}
 	bytes := s.counted
@@ -511,10 +718,13 @@ func (m *Manager) finish(s *session, o outcome) {
 		EventType: audit.SessionCompleted, PeerID: s.peer.ID.String(), PeerAddr: s.peer.Addr.String(),
 		TestType: s.sp.TestType, TestID: s.id, Params: s.sp, Decision: "completed", Reason: o.reason,
 		BytesTransferred: &bytes, DurationSec: &secs,
-		Details: map[string]any{"port": s.port, "mode": s.mode(), "summary": json.RawMessage(summary)},
+		Details: map[string]any{"port": s.port, "mode": s.mode(), "claimed": !unclaimed, "summary": json.RawMessage(summary)},
 	}
 	if err := m.audit.Write(ev); err != nil {
 		m.log.Error().Err(err).Msg("session: audit session_completed")
+	}
+	if ts, ok := o.summary.(*throughputSummary); ok {
+		m.refusedConns(s, ts)
 	}
 	m.metrics.SessionEnded(metrics.TestType(s.sp.TestType), metrics.EndReason(o.reason))
 	if es, ok := o.summary.(*echoSummary); ok {
@@ -544,13 +754,13 @@ func (m *Manager) finish(s *session, o outcome) {
 
 	m.mu.Lock()
 	delete(m.active, s.id)
+	m.releaseBudgetLocked(s.peer.ID)
 	kept := append(m.results[s.peer.ID], res)
 	if len(kept) > keepResults {
 		kept = kept[len(kept)-keepResults:]
 	}
 	m.results[s.peer.ID] = kept
-	close(m.changed)
-	m.changed = make(chan struct{})
+	m.signalLocked()
 	m.mu.Unlock()
 	close(s.done)
 }
@@ -642,7 +852,7 @@ func (m *Manager) Status() server.SessionStatus {
 		}
 	}
 	sort.Slice(use, func(i, j int) bool { return use[i].PeerID < use[j].PeerID })
-	return server.SessionStatus{Active: act, Usage: use}
+	return server.SessionStatus{Active: act, Usage: use, LegacyClientDenials: m.legacyDenied.Load()}
 }
 
 // Shutdown refuses new sessions, ends the running ones and waits for them

@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,9 +32,28 @@ type recorder struct {
 	mu        sync.Mutex
 	events    []audit.Event
 	failGrant bool
+	// stall, when set, delays every write by that long (a slow disk);
+	// stalled counts the writes waiting in it.
+	stall   time.Duration
+	stalled atomic.Int32
+}
+
+// setStall makes every later write wait d.
+func (r *recorder) setStall(d time.Duration) {
+	r.mu.Lock()
+	r.stall = d
+	r.mu.Unlock()
 }
 
 func (r *recorder) Write(e audit.Event) error {
+	r.mu.Lock()
+	d := r.stall
+	r.mu.Unlock()
+	if d > 0 {
+		r.stalled.Add(1)
+		time.Sleep(d)
+		r.stalled.Add(-1)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failGrant && e.EventType == audit.SessionGranted {
@@ -129,7 +150,7 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 	f := &fixture{
 		cfg: cfg, audit: &recorder{}, quota: q,
 		ports: &rangePorts{base: base, n: cfg.Network.DataPortRangeEnd - base + 1, inUse: map[int]bool{}},
-		peer:  server.PeerInfo{ID: testPeer, Addr: netip.MustParseAddrPort("127.0.0.1:40000"), ConnID: 1},
+		peer:  server.PeerInfo{ID: testPeer, Addr: netip.MustParseAddrPort("127.0.0.1:40000"), ConnID: 1, Features: ourFeatures},
 	}
 	f.m, err = New(Options{Config: cfg, Audit: f.audit, Quota: q, Ports: f.ports, openUDP: openUDPAcceptor})
 	if err != nil {
@@ -147,6 +168,13 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 	})
 	return f
 }
+
+// ourFeatures are what client.Hello announces but late_start: a tunnel and
+// clamp capable client whose grants end at the claim deadline when unused.
+var ourFeatures = []string{link.FeatureThroughput, link.FeatureUDPEcho, link.FeatureTunnel, link.FeatureClamp, server.FeatureDenyReasonsV2}
+
+// applianceFeatures are what the shipped appliance announces.
+var applianceFeatures = []string{link.FeatureThroughput, link.FeatureUDPEcho}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -254,7 +282,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := validate(cfg, tc.req, true)
+			s, err := validate(cfg, tc.req, true, true)
 			if tc.wantErr {
 				var pe *paramError
 				if !errors.As(err, &pe) {
@@ -269,8 +297,35 @@ func TestValidate(t *testing.T) {
 	}
 	off := config.Default()
 	off.Quotas.AllowUDPEcho = false
-	if _, err := validate(off, link.SessionRequest{TestType: "udp_echo", Params: link.TestParams{DurationSec: 1}}, true); err == nil {
+	if _, err := validate(off, link.SessionRequest{TestType: "udp_echo", Params: link.TestParams{DurationSec: 1}}, true, true); err == nil {
 		t.Fatal("udp_echo accepted with allow_udp_echo = false")
+	}
+}
+
+// TestValidateWithoutClamp: a client that does not announce the clamp
+// feature is refused, with a message naming each limit, where ours would
+// get a clamped grant; within the limits it is served as before.
+func TestValidateWithoutClamp(t *testing.T) {
+	cfg := config.Default()
+	cfg.Iperf3.MaxStreams = 2
+	cfg.Quotas.MaxTestDurationSec = 5
+	cfg.Quotas.EchoMaxPPS = 1000
+	for _, tc := range []struct {
+		req  link.SessionRequest
+		want string
+	}{
+		{throughputReq(10, 4, false), "duration_sec 10 exceeds max_test_duration_sec 5; streams 4 exceeds max_streams 2 ("},
+		{throughputReq(5, 4, true), "streams 4 exceeds max_streams 2 ("},
+		{link.SessionRequest{TestType: "udp_echo", Params: link.TestParams{DurationSec: 5, RatePPS: ptr(5000)}}, "rate_pps 5000 exceeds echo_max_pps 1000 ("},
+	} {
+		_, err := validate(cfg, tc.req, true, false)
+		var le *limitError
+		if !errors.As(err, &le) || !strings.HasPrefix(err.Error(), tc.want) || !strings.Contains(err.Error(), `"clamp"`) {
+			t.Errorf("validate(%+v) = %v; want a limitError %q...", tc.req.Params, err, tc.want)
+		}
+	}
+	if s, err := validate(cfg, throughputReq(5, 2, false), true, false); err != nil || len(s.Clamped) != 0 {
+		t.Fatalf("within the limits: %+v, %v", s, err)
 	}
 }
 
@@ -482,7 +537,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	f := newFixture(t, nil)
 	f.audit.failGrant = true
 	m := f.m.Request(context.Background(), f.peer, throughputReq(2, 1, false))
-	mustDeny(t, m, link.DenyBusy)
+	mustDeny(t, m, link.DenyResourceExhausted)
 	if f.ports.leased != 1 || f.ports.busy() != 0 {
 		t.Fatalf("port leased %d, busy %d: want it opened and released", f.ports.leased, f.ports.busy())
 	}
@@ -536,7 +591,9 @@ func TestPortsExhausted(t *testing.T) {
 			_ = ln.Close()
 		}
 	}()
-	mustDeny(t, f.m.Request(context.Background(), f.peer, throughputReq(2, 1, false)), link.DenyBusy)
+	appliance := f.peer
+	appliance.Features = applianceFeatures // resource_exhausted reaches it as busy
+	mustDeny(t, f.m.Request(context.Background(), appliance, throughputReq(2, 1, false)), link.DenyBusy)
 	if ev := f.audit.find(audit.SessionDenied, ""); ev == nil || ev.Reason != string(link.DenyResourceExhausted) {
 		t.Fatalf("audit %+v", ev)
 	}

@@ -68,10 +68,6 @@ type tunnelPlane struct {
 	tcpAttaches, quicAttaches int
 }
 
-// tunneled reports whether the reflector runs tests through its control
-// port.
-func (m *Manager) tunneled() bool { return m.cfg.Network.Mode == "tunneled" }
-
 // SetControlPort implements server.TunnelSessions: tunneled grants name
 // the bound control port.
 func (m *Manager) SetControlPort(port int) { m.ctlPort.Store(int64(port)) }
@@ -103,7 +99,7 @@ func (m *Manager) openTunneled(s *session, allowed netip.Addr) {
 		tp.flows = tunnel.NewFlowAcceptor()
 		ua = flowUDP{tp.flows}
 	}
-	s.eng = newThroughputEngine(tp.conns, ua, allowed, s.sp, s.expires, m.log.With().Str("test_id", s.id).Logger())
+	s.eng = newThroughputEngine(tp.conns, ua, allowed, s.sp, s.expires, s.budget, m.log.With().Str("test_id", s.id).Logger())
 	s.tun = tp
 }
 
@@ -163,6 +159,7 @@ func (m *Manager) checkAttach(peer server.PeerInfo, req link.TunnelAttach, kind 
 		}
 		tp.quicAttaches++
 	}
+	s.attached.Store(true)
 	return s, "", ""
 }
 
@@ -259,6 +256,10 @@ func (e *tunnelEchoEngine) meter() (int64, int64) {
 	}
 	return 0, 0
 }
+
+// claimed: a tunneled echo test is claimed by its QUIC attach
+// (session.attached).
+func (e *tunnelEchoEngine) claimed() bool { return false }
 
 func (e *tunnelEchoEngine) close() {
 	if e.closed.CompareAndSwap(false, true) {

@@ -1,11 +1,15 @@
 // Package portpool lends ports from the direct_ephemeral data-port range:
 // each test session borrows one port, binds its listeners on it and gives
-// it back when the session ends.
+// it back when the session ends. Ports are handed out in a random order,
+// so another client at the grant holder's address cannot predict the next
+// grant's port from the last one.
 package portpool
 
 import (
+	crand "crypto/rand"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 )
@@ -21,7 +25,7 @@ type Pool struct {
 
 	mu   sync.Mutex
 	used map[int]bool // lent out, or reserved while its try runs
-	next int          // where the next Acquire starts looking
+	rng  *rand.Rand   // the order Acquire tries ports in (mu)
 }
 
 // New returns a pool of the ports start..end, both included
@@ -30,31 +34,30 @@ func New(start, end int) (*Pool, error) {
 	if start < 1 || end > 65535 || start > end {
 		return nil, fmt.Errorf("portpool: invalid range %d-%d", start, end)
 	}
-	return &Pool{start: start, end: end, used: make(map[int]bool), next: start}, nil
+	// ChaCha8 seeded from crypto/rand: unpredictable to peers, without a
+	// system call per grant. The choice is not a secret (the grant names
+	// the port), only not guessable in advance.
+	var seed [32]byte
+	_, _ = crand.Read(seed[:]) // never fails (Go 1.24+: it crashes instead)
+	return &Pool{start: start, end: end, used: make(map[int]bool), rng: rand.New(rand.NewChaCha8(seed))}, nil
 }
 
-// Acquire walks the free ports round robin, starting after the port the
-// previous Acquire handed out, and calls try with each until one returns
-// nil (try normally binds the listeners, so a port another program holds
-// fails and is skipped). That port is lent out until Release. When no port
-// works, Acquire returns ErrExhausted, wrapping the last try error if there
-// was one.
+// Acquire tries the free ports in a random order and calls try with each
+// until one returns nil (try normally binds the listeners, so a port
+// another program holds fails and is skipped). That port is lent out until
+// Release. When no port works, Acquire returns ErrExhausted, wrapping the
+// last try error if there was one.
 //
 // try runs without the pool's lock held, so concurrent Acquire calls bind
 // in parallel; a port is reserved while its try runs and never given to
 // two callers.
 func (p *Pool) Acquire(try func(port int) error) (int, error) {
-	size := p.end - p.start + 1
-	var lastErr error
 	p.mu.Lock()
-	cursor := p.next
+	order := p.rng.Perm(p.end - p.start + 1)
 	p.mu.Unlock()
-	for range size {
-		port := cursor
-		cursor++
-		if cursor > p.end {
-			cursor = p.start
-		}
+	var lastErr error
+	for _, i := range order {
+		port := p.start + i
 		p.mu.Lock()
 		if p.used[port] {
 			p.mu.Unlock()
@@ -64,12 +67,10 @@ func (p *Pool) Acquire(try func(port int) error) (int, error) {
 		p.mu.Unlock()
 
 		err := try(port)
-		p.mu.Lock()
 		if err == nil {
-			p.next = cursor
-			p.mu.Unlock()
 			return port, nil
 		}
+		p.mu.Lock()
 		delete(p.used, port)
 		p.mu.Unlock()
 		lastErr = err

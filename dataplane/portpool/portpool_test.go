@@ -22,7 +22,7 @@ func TestNewRejectsBadRanges(t *testing.T) {
 
 func ok(int) error { return nil }
 
-func TestRoundRobinReleaseAndExhaustion(t *testing.T) {
+func TestReleaseAndExhaustion(t *testing.T) {
 	p, err := New(100, 103)
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +35,7 @@ func TestRoundRobinReleaseAndExhaustion(t *testing.T) {
 		}
 		got = append(got, port)
 	}
+	slices.Sort(got)
 	if !slices.Equal(got, []int{100, 101, 102, 103}) {
 		t.Fatalf("acquired %v", got)
 	}
@@ -47,17 +48,40 @@ func TestRoundRobinReleaseAndExhaustion(t *testing.T) {
 	if port, err := p.Acquire(ok); err != nil || port != 101 {
 		t.Fatalf("Acquire after release = %d, %v; want 101", port, err)
 	}
-	p.Release(100)
-	p.Release(102)
-	// Round robin continues after the last port handed out (101).
-	if port, _ := p.Acquire(ok); port != 102 {
-		t.Fatalf("round robin gave %d, want 102", port)
-	}
-	if port, _ := p.Acquire(ok); port != 100 {
-		t.Fatalf("wrap-around gave %d, want 100", port)
-	}
 	if in := p.InUse(); !slices.Equal(in, []int{100, 101, 102, 103}) {
 		t.Fatalf("InUse = %v", in)
+	}
+}
+
+// TestRandomOrder: ports come in an unpredictable order, covering the
+// range: of 200 grants from a 10-port range every port is handed out, and
+// the next port is not simply the one after the last (it was round robin).
+func TestRandomOrder(t *testing.T) {
+	p, err := New(5201, 5210)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]int{}
+	successor, prev := 0, 0
+	for range 200 {
+		port, err := p.Acquire(ok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[port]++
+		if port == prev+1 || (prev == 5210 && port == 5201) {
+			successor++
+		}
+		prev = port
+		p.Release(port)
+	}
+	if len(seen) != 10 {
+		t.Fatalf("ports handed out: %v, want all 10", seen)
+	}
+	// A round robin gives the successor every time; a uniform choice
+	// about one time in ten.
+	if successor > 100 {
+		t.Fatalf("%d of 200 grants were the previous port + 1: not random", successor)
 	}
 }
 
@@ -70,7 +94,7 @@ func TestFailingTryIsSkipped(t *testing.T) {
 	var tried []int
 	port, err := p.Acquire(func(port int) error {
 		tried = append(tried, port)
-		if port < 202 {
+		if port != 202 {
 			return busy
 		}
 		return nil
@@ -78,15 +102,20 @@ func TestFailingTryIsSkipped(t *testing.T) {
 	if err != nil || port != 202 {
 		t.Fatalf("Acquire = %d, %v; want 202", port, err)
 	}
-	if !slices.Equal(tried, []int{200, 201, 202}) {
+	if len(tried) == 0 || tried[len(tried)-1] != 202 || slices.Contains(tried[:len(tried)-1], 202) {
 		t.Fatalf("tried %v", tried)
 	}
 	if in := p.InUse(); !slices.Equal(in, []int{202}) {
 		t.Fatalf("failed tries left ports in use: %v", in)
 	}
-	_, err = p.Acquire(func(int) error { return busy })
+	tried = tried[:0]
+	_, err = p.Acquire(func(port int) error { tried = append(tried, port); return busy })
 	if !errors.Is(err, ErrExhausted) || !errors.Is(err, busy) {
 		t.Fatalf("all tries failing: %v, want ErrExhausted wrapping the try error", err)
+	}
+	slices.Sort(tried)
+	if !slices.Equal(tried, []int{200, 201, 203}) {
+		t.Fatalf("tried %v, want every free port once", tried)
 	}
 }
 
