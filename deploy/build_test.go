@@ -53,6 +53,7 @@ func reflectorBinary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	removeDockerImage()
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
