@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -64,4 +66,13 @@ func (c *healthCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(healthDesc, prometheus.GaugeValue, v, string(k))
 	}
+}
+
+// SessionDuration observes how long an ended session lasted, from grant to
+// end (call it beside SessionEnded). Negative durations are ignored.
+func (m *Metrics) SessionDuration(tt TestType, d time.Duration) {
+	if m == nil || d < 0 {
+		return
+	}
+	m.sessionDuration.WithLabelValues(norm(tt, testTypes)).Observe(d.Seconds())
 }

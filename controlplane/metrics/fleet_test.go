@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -40,4 +41,29 @@ reflector_identity_info{endpoint_id="PP-TEST"} 1
 	}
 	var nilM *Metrics
 	nilM.ObserveFleet("PP-TEST", nil) // must not panic
+}
+
+func TestSessionDuration(t *testing.T) {
+	m := New("1.2.3", "abc")
+	m.SessionDuration(TestThroughput, 12*time.Second)
+	m.SessionDuration(TestThroughput, -time.Second) // ignored
+	m.SessionDuration("bogus", time.Second)         // counted as other
+	if n := testutil.CollectAndCount(m.sessionDuration); n != 3 {
+		t.Errorf("%d duration series, want 3 (throughput, udp_echo, other)", n)
+	}
+	body := scrape(t, m)
+	for _, want := range []string{
+		`reflector_session_duration_seconds_count{test_type="throughput"} 1`,
+		`reflector_session_duration_seconds_sum{test_type="throughput"} 12`,
+		`reflector_session_duration_seconds_bucket{test_type="throughput",le="10"} 0`,
+		`reflector_session_duration_seconds_bucket{test_type="throughput",le="15"} 1`,
+		`reflector_session_duration_seconds_count{test_type="other"} 1`,
+		`reflector_session_duration_seconds_count{test_type="udp_echo"} 0`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	var nilM *Metrics
+	nilM.SessionDuration(TestUDPEcho, time.Second)
 }

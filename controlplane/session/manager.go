@@ -517,6 +517,7 @@ func (m *Manager) finish(s *session, o outcome) {
 		m.log.Error().Err(err).Msg("session: audit session_completed")
 	}
 	m.metrics.SessionEnded(metrics.TestType(s.sp.TestType), metrics.EndReason(o.reason))
+	m.metrics.SessionDuration(metrics.TestType(s.sp.TestType), elapsed)
 	if es, ok := o.summary.(*echoSummary); ok {
 		m.metrics.EchoPackets(int64(es.Echoed))
 		m.metrics.EchoRateDropped(int64(es.DroppedRate))
