@@ -195,6 +195,23 @@ func TestImageBuildLocal(t *testing.T) {
 	if c.Healthcheck == nil || !slices.Equal(c.Healthcheck.Test, []string{"CMD", "/usr/local/bin/reflector", "status"}) {
 		t.Errorf("healthcheck %+v, want CMD /usr/local/bin/reflector status", c.Healthcheck)
 	}
+	t.Run("docker-archive keeps name and health check", func(t *testing.T) {
+		// DEPLOY.md's registry-free transfer (make image-archive).
+		docker := requireDocker(t)
+		archive := filepath.Join(t.TempDir(), "reflector-image.tar")
+		if _, err := run("push", tag, "docker-archive:"+archive+":"+tag); err != nil {
+			t.Fatal(err)
+		}
+		out := must(t, docker, nil, "load", "-i", archive)
+		t.Cleanup(func() { _, _, _ = runCmd(docker, nil, "rmi", "-f", tag) })
+		if !strings.Contains(out, tag) {
+			t.Errorf("docker load did not restore the name %s: %s", tag, out)
+		}
+		hc := must(t, docker, nil, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", tag)
+		if strings.TrimSpace(hc) != `["CMD","/usr/local/bin/reflector","status"]` {
+			t.Errorf("loaded image health check %s", hc)
+		}
+	})
 	if os.Geteuid() != 0 {
 		t.Log("not root: the image's file tree is not inspected (buildah mount needs root)")
 		return

@@ -65,8 +65,8 @@ func uniq(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// run runs a command and returns its stdout, stderr and error.
-func run(name string, env []string, args ...string) (string, string, error) {
+// runCmd runs a command and returns its stdout, stderr and error.
+func runCmd(name string, env []string, args ...string) (string, string, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
@@ -78,7 +78,7 @@ func run(name string, env []string, args ...string) (string, string, error) {
 // must runs a command and fails the test when it fails.
 func must(t *testing.T, name string, env []string, args ...string) string {
 	t.Helper()
-	out, errs, err := run(name, env, args...)
+	out, errs, err := runCmd(name, env, args...)
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, errs)
 	}
@@ -160,7 +160,7 @@ func waitHealth(t *testing.T, docker, ctr, want string, timeout time.Duration) {
 	t.Helper()
 	var last string
 	testutil.Eventually(t, timeout, "container "+ctr+" health "+want, func() bool {
-		out, _, _ := run(docker, nil, "inspect", "-f", "{{.State.Health.Status}}", ctr)
+		out, _, _ := runCmd(docker, nil, "inspect", "-f", "{{.State.Health.Status}}", ctr)
 		last = strings.TrimSpace(out)
 		return last == want
 	})
@@ -170,7 +170,7 @@ func waitHealth(t *testing.T, docker, ctr, want string, timeout time.Duration) {
 func waitStatus(t *testing.T, docker, ctr string) {
 	t.Helper()
 	testutil.Eventually(t, 60*time.Second, "reflector status answers in "+ctr, func() bool {
-		_, _, err := run(docker, nil, "exec", ctr, "reflector", "status")
+		_, _, err := runCmd(docker, nil, "exec", ctr, "reflector", "status")
 		return err == nil
 	})
 }
@@ -187,7 +187,7 @@ func pair(t *testing.T, docker, ctr string) (token, id string) {
 // operator's command; until it is merged the audit checks are skipped).
 func auditCommand(t *testing.T, docker, ctr string) bool {
 	t.Helper()
-	out, errs, err := run(docker, nil, "exec", ctr, "reflector", "audit", "--help")
+	out, errs, err := runCmd(docker, nil, "exec", ctr, "reflector", "audit", "--help")
 	if err != nil && strings.Contains(out+errs, "unknown command") {
 		t.Log("`reflector audit` is not in this build: the audit checks of DEPLOY.md's container paths are NOT RUN")
 		return false
@@ -205,8 +205,8 @@ func TestDockerRun(t *testing.T) {
 	img := dockerImage(t, docker)
 	vol, name := uniq("reflector-data-test-"), uniq("reflector-test-")
 	t.Cleanup(func() {
-		_, _, _ = run(docker, nil, "rm", "-f", name)
-		_, _, _ = run(docker, nil, "volume", "rm", "-f", vol)
+		_, _, _ = runCmd(docker, nil, "rm", "-f", name)
+		_, _, _ = runCmd(docker, nil, "volume", "rm", "-f", vol)
 	})
 	start := func() {
 		must(t, docker, nil, "run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL",
@@ -242,6 +242,30 @@ func TestDockerRun(t *testing.T) {
 		}
 	}
 
+	// self-test measures the audit log where it lives (the state volume):
+	// a read-only scratch container has no /tmp.
+	var rep struct {
+		Checks []struct {
+			Name, Value, Verdict, Hint string
+		} `json:"checks"`
+	}
+	out, _, _ = runCmd(docker, nil, "exec", name, "reflector", "self-test", "--json", "--duration", "1s")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("self-test --json in the container: %v\n%s", err, out)
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "audit_write" {
+			found = true
+			if c.Value == "error" || strings.EqualFold(c.Verdict, "fail") {
+				t.Errorf("self-test's audit check fails in a read-only container: %+v", c)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("self-test --json has no audit_write check:\n%s", out)
+	}
+
 	// The audit log made unwritable (a directory where the file was,
 	// reopened on SIGHUP): status and the health check turn unhealthy.
 	mnt := strings.TrimSpace(must(t, docker, nil, "volume", "inspect", "-f", "{{.Mountpoint}}", vol))
@@ -255,11 +279,11 @@ func TestDockerRun(t *testing.T) {
 	must(t, docker, nil, "kill", "-s", "HUP", name)
 	var statusOut string
 	testutil.Eventually(t, 10*time.Second, "status reports the audit failure", func() bool {
-		o, e, _ := run(docker, nil, "exec", name, "reflector", "status")
+		o, e, _ := runCmd(docker, nil, "exec", name, "reflector", "status")
 		statusOut = o + e
 		return strings.Contains(strings.ToLower(statusOut), "audit")
 	})
-	if _, _, err := run(docker, nil, "exec", name, "reflector", "status"); err == nil {
+	if _, _, err := runCmd(docker, nil, "exec", name, "reflector", "status"); err == nil {
 		t.Logf("`reflector status` still exits 0 with the audit log unwritable (it prints:\n%s): "+
 			"the unhealthy HEALTHCHECK is NOT CHECKED until status exits non-zero when unhealthy (helper operator's change)", statusOut)
 	} else {
@@ -316,7 +340,7 @@ func newCompose(t *testing.T, file string) *composeProject {
 	p.writeConfig(read(t, "reflector.toml.example"))
 	t.Cleanup(func() {
 		_, _, _ = p.run("down", "-v", "--remove-orphans", "-t", "5")
-		_, _, _ = run(docker, nil, "volume", "rm", "-f", p.name+"_appliance")
+		_, _, _ = runCmd(docker, nil, "volume", "rm", "-f", p.name+"_appliance")
 	})
 	return p
 }
@@ -331,7 +355,7 @@ func (p *composeProject) writeConfig(body string) {
 
 func (p *composeProject) run(args ...string) (string, string, error) {
 	full := append(append([]string{}, p.compose[1:]...), append([]string{"-p", p.name, "-f", filepath.Join(p.dir, p.file)}, args...)...)
-	return run(p.compose[0], p.env, full...)
+	return runCmd(p.compose[0], p.env, full...)
 }
 
 func (p *composeProject) must(args ...string) string {
@@ -358,7 +382,7 @@ func (p *composeProject) container(service string) string {
 func (p *composeProject) appliance(args ...string) (string, string, error) {
 	full := append([]string{"run", "--rm", "--network", p.name + "_default", "--read-only", "--cap-drop", "ALL",
 		"-v", p.name + "_appliance:/var/lib/reflector", imageTag}, args...)
-	return run(p.docker, nil, full...)
+	return runCmd(p.docker, nil, full...)
 }
 
 const applianceKey = "/var/lib/reflector/client.ed25519"
