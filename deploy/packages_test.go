@@ -117,6 +117,12 @@ func TestRPM(t *testing.T) {
 			t.Errorf("rpm scriptlets lack %q", want)
 		}
 	}
+	if cl := output(t, rpm, "-qp", "--changelog", p); !strings.Contains(cl, "0.1.0") {
+		t.Errorf("rpm changelog:\n%s", cl)
+	}
+	if lic := strings.TrimSpace(output(t, rpm, "-qp", "--queryformat", "%{LICENSE}", p)); lic != "BlueOak-1.0.0" {
+		t.Errorf("rpm License %q, want BlueOak-1.0.0 (the LICENSE file)", lic)
+	}
 	info := output(t, rpm, "-qip", p)
 	if !strings.Contains(info, "x86_64") || !strings.Contains(info, strings.ReplaceAll(pkgVersion, "-", "_")) {
 		t.Errorf("rpm -qip:\n%s", info)
@@ -139,6 +145,12 @@ func TestDeb(t *testing.T) {
 		if !slices.Contains(files, f) {
 			t.Errorf("deb lacks %s: %v", f, files)
 		}
+	}
+	if !slices.Contains(files, "/usr/share/doc/reflector/changelog.Debian.gz") {
+		t.Error("deb lacks /usr/share/doc/reflector/changelog.Debian.gz")
+	}
+	if lic := output(t, dpkgDeb, "-f", p, "License"); strings.TrimSpace(lic) != "" && strings.TrimSpace(lic) != "BlueOak-1.0.0" {
+		t.Errorf("deb License field %q", lic)
 	}
 	if conf := output(t, dpkgDeb, "-I", p, "conffiles"); !strings.Contains(conf, configPath) {
 		t.Errorf("deb conffiles %q lack %s", conf, configPath)
@@ -384,4 +396,25 @@ func firstSecond(out []byte) string {
 		return ""
 	}
 	return string(out[i+len("audit.jsonl-20060102-1504") : i+len("audit.jsonl-20060102-150405")])
+}
+
+// TestLicenseMatchesPackages: the repository's LICENSE is the Blue Oak
+// Model License 1.0.0, which the packages and the image declare.
+func TestLicenseMatchesPackages(t *testing.T) {
+	lic := read(t, "../LICENSE")
+	for _, want := range []string{"# Blue Oak Model License", "Version 1.0.0", "## No Liability", "https://blueoakcouncil.org/license/1.0.0"} {
+		if !strings.Contains(lic, want) {
+			t.Errorf("LICENSE lacks %q", want)
+		}
+	}
+	for file, want := range map[string]string{
+		"nfpm.yaml":                     "license: BlueOak-1.0.0\n",
+		"packaging/copyright":           "License: BlueOak-1.0.0\n",
+		"container/Containerfile.local": `org.opencontainers.image.licenses="BlueOak-1.0.0"`,
+		"../Containerfile":              `org.opencontainers.image.licenses="BlueOak-1.0.0"`,
+	} {
+		if !strings.Contains(read(t, file), want) {
+			t.Errorf("%s does not declare %q", file, want)
+		}
+	}
 }
