@@ -74,13 +74,19 @@ func (w *Watcher) loop() {
 			return
 		case <-t.C:
 		}
-		sum, target, err := digest(w.path)
-		if err != nil || sum == w.last {
-			continue
-		}
-		w.last = sum
-		w.changed(target)
+		w.poll()
 	}
+}
+
+// poll reads the file once and calls changed when its content is new; a
+// failed read changes nothing.
+func (w *Watcher) poll() {
+	sum, target, err := digest(w.path)
+	if err != nil || sum == w.last {
+		return
+	}
+	w.last = sum
+	w.changed(target)
 }
 
 // digest returns the SHA-256 of the file's content (at most MaxSize bytes
