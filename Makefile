@@ -79,10 +79,17 @@ clean:
 
 ## Packages and images (deploy/). PKG_VERSION must start with a digit (deb, rpm).
 NFPM        := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
-PKG_VERSION ?= $(or $(shell echo '$(VERSION)' | sed -n 's/^v\{0,1\}\([0-9][0-9]*\.[0-9][0-9.]*\).*/\1/p'),0.0.0~git$(COMMIT))
+# Untagged builds: 0.0.0~git<commit count>.<sha>, so they sort in commit order
+# (deploy/packaging/pkg-version.sh; checked with dpkg and rpm in deploy/).
+GIT_COUNT   ?= $(shell git rev-list --count HEAD 2>/dev/null || echo 0)
+PKG_VERSION ?= $(shell sh deploy/packaging/pkg-version.sh '$(VERSION)' '$(GIT_COUNT)')
 GOARCH      ?= $(shell $(GO) env GOARCH)
 IMAGE       ?= localhost/reflector
-BUILDAH     ?= buildah --storage-driver vfs
+# Plain buildah uses containers-storage (/var/lib/containers/storage, or
+# ~/.local/share/containers rootless), the store Podman reads: the image is
+# then runnable by name (podman run localhost/reflector). Where only vfs
+# works: make container-local BUILDAH='buildah --storage-driver vfs'.
+BUILDAH     ?= buildah
 
 .PHONY: deb rpm packages container container-local
 
@@ -99,5 +106,12 @@ container:
 
 ## container-local: same final stage around a binary built here (no registry).
 container-local: build
-	mkdir -p -m 0700 bin/state
-	$(BUILDAH) bud --format docker -f deploy/container/Containerfile.local -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+	mkdir -p bin/state && mkdir -p -m 0700 bin/state/reflector
+	$(BUILDAH) bud --format docker --build-arg VERSION='$(VERSION)' --build-arg COMMIT='$(COMMIT)' \
+	  -f deploy/container/Containerfile.local -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
+
+## image-archive: the image as a docker-archive with its name and HEALTHCHECK,
+## for hosts without a registry: podman load -i / docker load -i bin/reflector-image.tar
+.PHONY: image-archive
+image-archive:
+	$(BUILDAH) push $(IMAGE):latest docker-archive:bin/reflector-image.tar:$(IMAGE):latest

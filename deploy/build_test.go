@@ -53,6 +53,7 @@ func reflectorBinary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	removeDockerImage()
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
@@ -60,8 +61,8 @@ func TestMain(m *testing.M) {
 }
 
 // stageTree lays out, under a fresh directory, the files of the repository
-// a build needs (everything under deploy/ that is not Go) plus the binary
-// at bin/reflector and an empty bin/state, as `make` would.
+// a build needs (everything under deploy/ that is not Go, and LICENSE) plus the binary
+// at bin/reflector and an empty bin/state/reflector (0700), as `make` would.
 func stageTree(t *testing.T, bin string) string {
 	t.Helper()
 	root := t.TempDir()
@@ -86,11 +87,18 @@ func stageTree(t *testing.T, bin string) string {
 	if err != nil {
 		t.Fatalf("stage deploy/: %v", err)
 	}
+	lic, err := os.ReadFile("../LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "LICENSE"), lic, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(root, "bin", "state"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(root, "bin", "state", "reflector"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(root, "bin", "reflector"), b, 0o755); err != nil {
@@ -168,7 +176,7 @@ func TestImageBuildLocal(t *testing.T) {
 	if c.User != "65534:65534" {
 		t.Errorf("user %q, want 65534:65534", c.User)
 	}
-	if !slices.Equal(c.Entrypoint, []string{"/reflector"}) || !slices.Equal(c.Cmd, []string{"serve"}) {
+	if !slices.Equal(c.Entrypoint, []string{"/usr/local/bin/reflector"}) || !slices.Equal(c.Cmd, []string{"serve"}) {
 		t.Errorf("entrypoint %q cmd %q", c.Entrypoint, c.Cmd)
 	}
 	ports := map[string]bool{}
@@ -184,9 +192,26 @@ func TestImageBuildLocal(t *testing.T) {
 	if _, ok := c.Volumes["/var/lib/reflector"]; !ok || len(c.Volumes) != 1 {
 		t.Errorf("volumes %v, want /var/lib/reflector", c.Volumes)
 	}
-	if c.Healthcheck == nil || !slices.Equal(c.Healthcheck.Test, []string{"CMD", "/reflector", "status"}) {
-		t.Errorf("healthcheck %+v, want CMD /reflector status", c.Healthcheck)
+	if c.Healthcheck == nil || !slices.Equal(c.Healthcheck.Test, []string{"CMD", "/usr/local/bin/reflector", "status"}) {
+		t.Errorf("healthcheck %+v, want CMD /usr/local/bin/reflector status", c.Healthcheck)
 	}
+	t.Run("docker-archive keeps name and health check", func(t *testing.T) {
+		// DEPLOY.md's registry-free transfer (make image-archive).
+		docker := requireDocker(t)
+		archive := filepath.Join(t.TempDir(), "reflector-image.tar")
+		if _, err := run("push", tag, "docker-archive:"+archive+":"+tag); err != nil {
+			t.Fatal(err)
+		}
+		out := must(t, docker, nil, "load", "-i", archive)
+		t.Cleanup(func() { _, _, _ = runCmd(docker, nil, "rmi", "-f", tag) })
+		if !strings.Contains(out, tag) {
+			t.Errorf("docker load did not restore the name %s: %s", tag, out)
+		}
+		hc := must(t, docker, nil, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", tag)
+		if strings.TrimSpace(hc) != `["CMD","/usr/local/bin/reflector","status"]` {
+			t.Errorf("loaded image health check %s", hc)
+		}
+	})
 	if os.Geteuid() != 0 {
 		t.Log("not root: the image's file tree is not inspected (buildah mount needs root)")
 		return
@@ -220,15 +245,15 @@ func TestImageBuildLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(files)
-	if want := []string{"/etc/reflector/reflector.toml", "/reflector"}; !slices.Equal(files, want) {
+	if want := []string{"/etc/reflector/reflector.toml", "/usr/local/bin/reflector"}; !slices.Equal(files, want) {
 		t.Errorf("image files %v, want only %v", files, want)
 	}
 	fi, err := os.Stat(filepath.Join(mnt, "var/lib/reflector"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || st.Uid != 65534 || st.Gid != 65534 {
-		t.Errorf("/var/lib/reflector: dir %v owner %d:%d, want a directory owned by 65534:65534", fi.IsDir(), st.Uid, st.Gid)
+	if st := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || st.Uid != 65534 || st.Gid != 65534 || fi.Mode().Perm() != 0o700 {
+		t.Errorf("/var/lib/reflector: dir %v owner %d:%d mode %v, want a directory owned by 65534:65534, 0700", fi.IsDir(), st.Uid, st.Gid, fi.Mode().Perm())
 	}
 	if st := mustStat(t, filepath.Join(mnt, "var")); st.Uid != 0 {
 		t.Errorf("/var owned by %d, want root", st.Uid)

@@ -3,12 +3,9 @@ package deploy_test
 import (
 	"bufio"
 	"encoding/xml"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -102,6 +99,11 @@ type composeFile struct {
 		Healthcheck struct {
 			Test []string `yaml:"test"`
 		} `yaml:"healthcheck"`
+		MemLimit string   `yaml:"mem_limit"`
+		Tmpfs    []string `yaml:"tmpfs"`
+		Build    struct {
+			Args map[string]string `yaml:"args"`
+		} `yaml:"build"`
 	} `yaml:"services"`
 	Volumes map[string]any `yaml:"volumes"`
 }
@@ -126,222 +128,18 @@ func TestComposeSecurityAndPorts(t *testing.T) {
 			t.Errorf("compose ports %v lack %s", s.Ports, want)
 		}
 	}
-	if !slices.Contains(s.Volumes, "reflector-state:"+stateDir) || !slices.Contains(s.Volumes, "./reflector.toml:"+configPath+":ro") {
+	if !slices.Contains(s.Volumes, "reflector-data:"+stateDir) || !slices.Contains(s.Volumes, "./reflector.toml:"+configPath+":ro") {
 		t.Errorf("compose volumes %v: want the state volume and the config read-only", s.Volumes)
 	}
-	if _, ok := cf.Volumes["reflector-state"]; !ok {
-		t.Error("compose does not declare the reflector-state volume")
+	if _, ok := cf.Volumes["reflector-data"]; !ok {
+		t.Error("compose does not declare the reflector-data volume (the guide's name)")
 	}
-	if !slices.Equal(s.Healthcheck.Test, []string{"CMD", "/reflector", "status"}) || !slices.Equal(s.Command, []string{"serve"}) {
+	if s.MemLimit == "" || !slices.ContainsFunc(s.Tmpfs, func(m string) bool { return strings.HasPrefix(m, "/tmp") }) ||
+		s.Build.Args["VERSION"] == "" || s.Build.Args["COMMIT"] == "" {
+		t.Errorf("compose: mem_limit %q, tmpfs %v, build args %v: want a memory limit, a /tmp tmpfs, VERSION and COMMIT", s.MemLimit, s.Tmpfs, s.Build.Args)
+	}
+	if !slices.Equal(s.Healthcheck.Test, []string{"CMD", "/usr/local/bin/reflector", "status"}) || !slices.Equal(s.Command, []string{"serve"}) {
 		t.Errorf("compose healthcheck %v command %v", s.Healthcheck.Test, s.Command)
-	}
-}
-
-// k8sObject is the union of the fields of the manifests under test.
-type k8sObject struct {
-	Kind     string `yaml:"kind"`
-	Metadata struct {
-		Name string `yaml:"name"`
-	} `yaml:"metadata"`
-	Data map[string]string `yaml:"data"`
-	Spec struct {
-		Type     string `yaml:"type"`
-		Replicas int    `yaml:"replicas"`
-		Ports    []struct {
-			Port       int    `yaml:"port"`
-			TargetPort string `yaml:"targetPort"`
-			Protocol   string `yaml:"protocol"`
-		} `yaml:"ports"`
-		Template struct {
-			Spec struct {
-				SecurityContext struct {
-					RunAsNonRoot   bool `yaml:"runAsNonRoot"`
-					RunAsUser      int  `yaml:"runAsUser"`
-					FSGroup        int  `yaml:"fsGroup"`
-					SeccompProfile struct {
-						Type string `yaml:"type"`
-					} `yaml:"seccompProfile"`
-				} `yaml:"securityContext"`
-				Containers []k8sContainer `yaml:"containers"`
-				Volumes    []struct {
-					Name string `yaml:"name"`
-					PVC  *struct {
-						ClaimName string `yaml:"claimName"`
-					} `yaml:"persistentVolumeClaim"`
-					ConfigMap *struct {
-						Name string `yaml:"name"`
-					} `yaml:"configMap"`
-				} `yaml:"volumes"`
-			} `yaml:"spec"`
-		} `yaml:"template"`
-	} `yaml:"spec"`
-}
-
-type k8sProbe struct {
-	Exec *struct {
-		Command []string `yaml:"command"`
-	} `yaml:"exec"`
-	HTTPGet *struct {
-		Path string `yaml:"path"`
-		Port string `yaml:"port"`
-	} `yaml:"httpGet"`
-}
-
-type k8sContainer struct {
-	Args  []string `yaml:"args"`
-	Ports []struct {
-		Name          string `yaml:"name"`
-		ContainerPort int    `yaml:"containerPort"`
-		Protocol      string `yaml:"protocol"`
-	} `yaml:"ports"`
-	SecurityContext struct {
-		RunAsNonRoot             bool  `yaml:"runAsNonRoot"`
-		RunAsUser                int   `yaml:"runAsUser"`
-		ReadOnlyRootFilesystem   bool  `yaml:"readOnlyRootFilesystem"`
-		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
-		Capabilities             struct {
-			Drop []string `yaml:"drop"`
-		} `yaml:"capabilities"`
-		SeccompProfile struct {
-			Type string `yaml:"type"`
-		} `yaml:"seccompProfile"`
-	} `yaml:"securityContext"`
-	VolumeMounts []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-		ReadOnly  bool   `yaml:"readOnly"`
-	} `yaml:"volumeMounts"`
-	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
-	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
-}
-
-// loadK8s parses every document of every manifest listed in the
-// kustomization, keyed by kind.
-func loadK8s(t *testing.T) map[string]k8sObject {
-	t.Helper()
-	var kust struct {
-		Resources []string `yaml:"resources"`
-	}
-	if err := yaml.Unmarshal([]byte(read(t, "k8s/kustomization.yaml")), &kust); err != nil {
-		t.Fatalf("kustomization.yaml: %v", err)
-	}
-	files, err := filepath.Glob("k8s/*.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs := map[string]k8sObject{}
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue
-		}
-		if !slices.Contains(kust.Resources, filepath.Base(f)) {
-			t.Errorf("%s is not listed in kustomization.yaml", f)
-		}
-		dec := yaml.NewDecoder(strings.NewReader(read(t, f)))
-		for {
-			var o k8sObject
-			if err := dec.Decode(&o); err != nil {
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				t.Fatalf("%s: %v", f, err)
-			}
-			objs[o.Kind] = o
-		}
-	}
-	for _, want := range []string{"Deployment", "Service", "ConfigMap", "PersistentVolumeClaim"} {
-		if _, ok := objs[want]; !ok {
-			t.Errorf("deploy/k8s has no %s", want)
-		}
-	}
-	return objs
-}
-
-func TestKubernetesManifests(t *testing.T) {
-	ctrl, _, _ := defaults(t)
-	objs := loadK8s(t)
-
-	dep := objs["Deployment"]
-	pod := dep.Spec.Template.Spec
-	if !pod.SecurityContext.RunAsNonRoot || pod.SecurityContext.RunAsUser != runUID || pod.SecurityContext.FSGroup != runUID ||
-		pod.SecurityContext.SeccompProfile.Type != "RuntimeDefault" {
-		t.Errorf("pod securityContext: %+v", pod.SecurityContext)
-	}
-	if dep.Spec.Replicas != 1 || len(pod.Containers) != 1 {
-		t.Fatalf("want one replica of one container, got %d replicas, %d containers", dep.Spec.Replicas, len(pod.Containers))
-	}
-	c := pod.Containers[0]
-	sc := c.SecurityContext
-	if !sc.RunAsNonRoot || sc.RunAsUser != runUID || !sc.ReadOnlyRootFilesystem || sc.SeccompProfile.Type != "RuntimeDefault" ||
-		!slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) {
-		t.Errorf("container securityContext: %+v", sc)
-	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Error("deployment lacks allowPrivilegeEscalation: false")
-	}
-	ports := map[string]int{}
-	for _, p := range c.Ports {
-		ports[p.Name] = p.ContainerPort
-		if p.ContainerPort == ctrl {
-			ports[p.Protocol] = p.ContainerPort
-		}
-	}
-	if ports["TCP"] != ctrl || ports["UDP"] != ctrl || ports["metrics"] != k8sMetricsPt {
-		t.Errorf("container ports %+v: want %d TCP and UDP and metrics %d", c.Ports, ctrl, k8sMetricsPt)
-	}
-	mounts := map[string]bool{}
-	for _, m := range c.VolumeMounts {
-		mounts[m.MountPath] = m.ReadOnly
-	}
-	if ro, ok := mounts[stateDir]; !ok || ro {
-		t.Errorf("state mount at %s: present %v read-only %v", stateDir, ok, ro)
-	}
-	if ro, ok := mounts[filepath.Dir(configPath)]; !ok || !ro {
-		t.Errorf("config mount at %s must be read-only", filepath.Dir(configPath))
-	}
-	if c.LivenessProbe == nil || c.LivenessProbe.Exec == nil || !slices.Equal(c.LivenessProbe.Exec.Command, []string{"/reflector", "status"}) {
-		t.Errorf("liveness probe must exec /reflector status: %+v", c.LivenessProbe)
-	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/health" || c.ReadinessProbe.HTTPGet.Port != "metrics" {
-		t.Errorf("readiness probe must GET /health on the metrics port: %+v", c.ReadinessProbe)
-	}
-	var claim, cm string
-	for _, v := range pod.Volumes {
-		if v.PVC != nil {
-			claim = v.PVC.ClaimName
-		}
-		if v.ConfigMap != nil {
-			cm = v.ConfigMap.Name
-		}
-	}
-	if claim != objs["PersistentVolumeClaim"].Metadata.Name || cm != objs["ConfigMap"].Metadata.Name {
-		t.Errorf("volumes reference claim %q and configmap %q; manifests define %q and %q",
-			claim, cm, objs["PersistentVolumeClaim"].Metadata.Name, objs["ConfigMap"].Metadata.Name)
-	}
-
-	svc := objs["Service"]
-	protos := map[string]bool{}
-	for _, p := range svc.Spec.Ports {
-		if p.Port == ctrl {
-			protos[p.Protocol] = true
-		}
-	}
-	if !protos["TCP"] || !protos["UDP"] {
-		t.Errorf("service ports %+v: want %d TCP and UDP", svc.Spec.Ports, ctrl)
-	}
-
-	// The configmap is the example configuration with metrics on.
-	toml := objs["ConfigMap"].Data["reflector.toml"]
-	cfg, err := config.Parse([]byte(toml), "configmap reflector.toml")
-	if err != nil {
-		t.Fatalf("configmap reflector.toml: %v", err)
-	}
-	if _, p, _ := net.SplitHostPort(cfg.Metrics.ListenAddress); p != strconv.Itoa(k8sMetricsPt) {
-		t.Errorf("configmap metrics listen_address %q: the readiness probe needs port %d", cfg.Metrics.ListenAddress, k8sMetricsPt)
-	}
-	cfg.Metrics.ListenAddress = ""
-	if cfg.TOML() != config.Default().TOML() {
-		t.Errorf("configmap reflector.toml differs from the defaults beyond [metrics]:\n%s", cfg.TOML())
 	}
 }
 
@@ -396,7 +194,7 @@ func TestQuadlet(t *testing.T) {
 	want := map[string]string{
 		"User": strconv.Itoa(runUID), "Group": strconv.Itoa(runUID), "ReadOnly": "true",
 		"DropCapability": "ALL", "NoNewPrivileges": "true", "Exec": "serve",
-		"HealthCmd": "/reflector status",
+		"HealthCmd": "/usr/local/bin/reflector status", "HealthOnFailure": "kill", "AutoUpdate": "local",
 	}
 	for k, v := range want {
 		if got := c[k]; !slices.Contains(got, v) {
@@ -414,7 +212,7 @@ func TestQuadlet(t *testing.T) {
 		}
 	}
 	v := directives(t, "quadlet/reflector.volume")
-	if len(v["VolumeName"]) != 1 {
+	if !slices.Equal(v["VolumeName"], []string{"reflector-data"}) {
 		t.Errorf("reflector.volume: VolumeName=%q", v["VolumeName"])
 	}
 }
@@ -457,7 +255,8 @@ func TestContainerfiles(t *testing.T) {
 	expose := fmt.Sprintf("EXPOSE %d/tcp %d/udp %d-%d/tcp %d-%d/udp", ctrl, ctrl, lo, hi, lo, hi)
 	for _, want := range []string{
 		"USER 65534:65534", `VOLUME ["` + stateDir + `"]`, expose,
-		`ENTRYPOINT ["/reflector"]`, `CMD ["serve"]`,
+		`ENTRYPOINT ["/usr/local/bin/reflector"]`, `CMD ["serve"]`, "ENV PATH=/usr/local/bin",
+		"ARG VERSION=dev", "ARG COMMIT=unknown",
 		"COPY deploy/reflector.toml.example " + configPath,
 	} {
 		if !slices.Contains(local, want) {
@@ -465,9 +264,17 @@ func TestContainerfiles(t *testing.T) {
 		}
 	}
 	if !slices.ContainsFunc(local, func(l string) bool {
-		return strings.HasPrefix(l, "HEALTHCHECK ") && strings.HasSuffix(l, `CMD ["/reflector", "status"]`)
+		return strings.HasPrefix(l, "HEALTHCHECK ") && strings.HasSuffix(l, `CMD ["/usr/local/bin/reflector", "status"]`)
 	}) {
-		t.Error(`final stage lacks HEALTHCHECK ... CMD ["/reflector", "status"]`)
+		t.Error(`final stage lacks HEALTHCHECK ... CMD ["/usr/local/bin/reflector", "status"]`)
+	}
+	for _, label := range []string{"title", "description", "source", "licenses", "version", "revision"} {
+		if !slices.ContainsFunc(local, func(l string) bool { return strings.Contains(l, "org.opencontainers.image."+label+"=") }) {
+			t.Errorf("final stage lacks the OCI label org.opencontainers.image.%s", label)
+		}
+	}
+	if !slices.ContainsFunc(local, func(l string) bool { return strings.Contains(l, `licenses="BlueOak-1.0.0"`) }) {
+		t.Error("image license label differs from the LICENSE file (BlueOak-1.0.0)")
 	}
 	src := read(t, "../Containerfile")
 	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "ARG VERSION", "ARG COMMIT", "golang:1.26"} {

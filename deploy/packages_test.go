@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,7 +15,9 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
@@ -79,6 +82,9 @@ var packagedFiles = []string{
 	"/usr/lib/firewalld/services/reflector-direct.xml",
 	"/usr/share/doc/reflector/DEPLOY.md",
 	"/usr/share/doc/reflector/METRICS.md",
+	"/usr/share/doc/reflector/LICENSE",
+	"/usr/share/doc/reflector/copyright",
+	"/usr/lib/sysctl.d/60-reflector.conf",
 }
 
 func output(t *testing.T, name string, args ...string) string {
@@ -111,6 +117,12 @@ func TestRPM(t *testing.T) {
 			t.Errorf("rpm scriptlets lack %q", want)
 		}
 	}
+	if cl := output(t, rpm, "-qp", "--changelog", p); !strings.Contains(cl, "0.1.0") {
+		t.Errorf("rpm changelog:\n%s", cl)
+	}
+	if lic := strings.TrimSpace(output(t, rpm, "-qp", "--queryformat", "%{LICENSE}", p)); lic != "BlueOak-1.0.0" {
+		t.Errorf("rpm License %q, want BlueOak-1.0.0 (the LICENSE file)", lic)
+	}
 	info := output(t, rpm, "-qip", p)
 	if !strings.Contains(info, "x86_64") || !strings.Contains(info, strings.ReplaceAll(pkgVersion, "-", "_")) {
 		t.Errorf("rpm -qip:\n%s", info)
@@ -133,6 +145,12 @@ func TestDeb(t *testing.T) {
 		if !slices.Contains(files, f) {
 			t.Errorf("deb lacks %s: %v", f, files)
 		}
+	}
+	if !slices.Contains(files, "/usr/share/doc/reflector/changelog.Debian.gz") {
+		t.Error("deb lacks /usr/share/doc/reflector/changelog.Debian.gz")
+	}
+	if lic := output(t, dpkgDeb, "-f", p, "License"); strings.TrimSpace(lic) != "" && strings.TrimSpace(lic) != "BlueOak-1.0.0" {
+		t.Errorf("deb License field %q", lic)
 	}
 	if conf := output(t, dpkgDeb, "-I", p, "conffiles"); !strings.Contains(conf, configPath) {
 		t.Errorf("deb conffiles %q lack %s", conf, configPath)
@@ -173,6 +191,9 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
+// purgeBackupDir is where dpkg --purge keeps the identity key.
+const purgeBackupDir = "/var/backups/reflector"
+
 func installAndPurge(t *testing.T, deb string) {
 	// An empty state dir left by something else is restored afterwards.
 	prevState, statErr := os.Stat(stateDir)
@@ -194,6 +215,19 @@ func installAndPurge(t *testing.T, deb string) {
 			}
 		}
 	})
+	// A key made before the install by `sudo reflector show-id`: root's.
+	backups, backupsErr := os.ReadDir(purgeBackupDir)
+	if backupsErr == nil && len(backups) > 0 {
+		t.Logf("%s not empty: purge backup not checked", purgeBackupDir)
+	}
+	keyPath := filepath.Join(stateDir, "identity.ed25519")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keyBytes := bytes.Repeat([]byte{7}, 32)
+	if err := os.WriteFile(keyPath, keyBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	output(t, "dpkg", "-i", deb)
 
 	u, err := user.Lookup("reflector")
@@ -208,13 +242,18 @@ func installAndPurge(t *testing.T, deb string) {
 	if strconv.Itoa(int(st.Uid)) != u.Uid || fi.Mode().Perm() != 0o750 {
 		t.Errorf("%s: owner %d mode %v, want %s and 0750", stateDir, st.Uid, fi.Mode().Perm(), u.Uid)
 	}
+	if st := mustStat(t, keyPath); strconv.Itoa(int(st.Uid)) != u.Uid || st.Mode&0o777 != 0o600 {
+		t.Errorf("postinstall left %s owned by %d mode %o: the service user cannot read its identity", keyPath, st.Uid, st.Mode&0o777)
+	}
 	unit := "/usr/lib/systemd/system/reflector.service"
 	if !fileExists(unit) {
 		t.Errorf("%s not installed", unit)
 	}
 	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
 		out, err := exec.Command(sa, "verify", unit).CombinedOutput()
-		if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		// verify also reports other units of this machine (e.g. an
+		// irtt.service installed beside): only ours must be clean.
+		if err != nil || bytes.Contains(out, []byte("reflector")) {
 			t.Errorf("systemd-analyze verify %s: %v\n%s", unit, err, out)
 		}
 	} else {
@@ -232,6 +271,15 @@ func installAndPurge(t *testing.T, deb string) {
 	if err != nil {
 		t.Fatalf("dpkg --purge reflector: %v\n%s", err, out)
 	}
+	if backupsErr != nil {
+		t.Cleanup(func() { _ = os.RemoveAll(purgeBackupDir) })
+	}
+	kept, _ := filepath.Glob(filepath.Join(purgeBackupDir, "identity.ed25519.*"))
+	if len(kept) == 0 || !strings.Contains(string(out), kept[len(kept)-1]) {
+		t.Errorf("purge kept %v; its output must name the copy:\n%s", kept, out)
+	} else if b, err := os.ReadFile(kept[len(kept)-1]); err != nil || !bytes.Equal(b, keyBytes) {
+		t.Errorf("purge backup %s: %v, content differs from the key", kept[len(kept)-1], err)
+	}
 	for _, f := range packagedFiles {
 		if fileExists(f) {
 			t.Errorf("%s left behind by dpkg --purge", f)
@@ -244,5 +292,129 @@ func installAndPurge(t *testing.T, deb string) {
 	}
 	if _, err := user.Lookup("reflector"); err == nil {
 		t.Error("reflector user left behind by dpkg --purge")
+	}
+}
+
+// TestPackageVersionsSortInCommitOrder: the versions pkg-version.sh makes
+// for a history (untagged commits, a pre-release, a release, commits after
+// it, the next release) sort in that order for dpkg and for rpm.
+func TestPackageVersionsSortInCommitOrder(t *testing.T) {
+	dpkg := testutil.LookBinary(t, "dpkg")
+	rpm := testutil.LookBinary(t, "rpm")
+	history := []struct{ describe, count string }{
+		{"f00d123", "9"}, // older commit, higher-looking hash
+		{"0abc999", "10"},
+		{"0abc999-dirty", "10"},
+		{"1234abc", "120"},
+		{"v1.2.0-rc1", "130"},
+		{"v1.2.0", "131"},
+		{"v1.2.0-dirty", "131"},
+		{"v1.2.0-1-gdeadbee", "132"},
+		{"v1.2.0-12-g0000001", "143"},
+		{"v1.2.1", "150"},
+		{"v1.10.0", "200"},
+	}
+	var versions []string
+	for _, h := range history {
+		v := strings.TrimSpace(output(t, "sh", "packaging/pkg-version.sh", h.describe, h.count))
+		versions = append(versions, v)
+	}
+	t.Logf("package versions in commit order: %s", strings.Join(versions, " < "))
+	for i := 1; i < len(versions); i++ {
+		a, b := versions[i-1], versions[i]
+		if err := exec.Command(dpkg, "--compare-versions", a, "lt", b).Run(); err != nil {
+			t.Errorf("dpkg --compare-versions %s lt %s: false", a, b)
+		}
+		cmp := strings.TrimSpace(output(t, rpm, "--eval", fmt.Sprintf(`%%{lua: print(rpm.vercmp("%s", "%s"))}`, a, b)))
+		if cmp != "-1" {
+			t.Errorf("rpm vercmp(%s, %s) = %s, want -1", a, b, cmp)
+		}
+	}
+	if out, err := exec.Command("sh", "packaging/pkg-version.sh", "abc", "x").CombinedOutput(); err == nil {
+		t.Errorf("a non-numeric count was accepted: %s", out)
+	}
+}
+
+// TestLogrotateTwiceADay rotates a copy of the packaged logrotate rule (on
+// a temporary path, as the current user) twice in a row: both rotations
+// happen, with distinct dated names, and nothing is reported as existing.
+func TestLogrotateTwiceADay(t *testing.T) {
+	logrotate := testutil.LookBinary(t, "logrotate")
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := user.LookupGroupId(u.Gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "audit.jsonl")
+	rule := strings.NewReplacer(
+		config.Default().Logging.AuditLogPath, logPath,
+		"su reflector reflector", "su "+u.Username+" "+g.Name,
+		"create 0600 reflector reflector", "create 0600 "+u.Username+" "+g.Name,
+	).Replace(read(t, "logrotate/reflector"))
+	for _, want := range []string{"dateformat -%Y%m%d-%H%M%S", "su " + u.Username} {
+		if !strings.Contains(rule, want) {
+			t.Fatalf("logrotate rule lacks %q:\n%s", want, rule)
+		}
+	}
+	conf := filepath.Join(dir, "logrotate.conf")
+	if err := os.WriteFile(conf, []byte(rule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "logrotate.state")
+	for i := range 2 {
+		if err := os.WriteFile(logPath, []byte(fmt.Sprintf("{\"line\":%d}\n", i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(logrotate, "-v", "-f", "-s", state, conf).CombinedOutput()
+		if err != nil || bytes.Contains(out, []byte("already exists")) {
+			t.Fatalf("rotation %d: %v\n%s", i+1, err, out)
+		}
+		// The dated name has one-second resolution: the next rotation
+		// must fall into another second (as two runs a day do).
+		if i == 0 {
+			testutil.Eventually(t, 3*time.Second, "next second", func() bool { return time.Now().Format("05") != firstSecond(out) })
+		}
+	}
+	rotated, _ := filepath.Glob(logPath + "-*")
+	if len(rotated) != 2 {
+		t.Fatalf("rotated files %v, want two", rotated)
+	}
+}
+
+// firstSecond returns the seconds of the dated name logrotate -v reports
+// renaming to, or "" when there is none.
+func firstSecond(out []byte) string {
+	i := bytes.Index(out, []byte("audit.jsonl-"))
+	if i < 0 || len(out) < i+len("audit.jsonl-20060102-150405") {
+		return ""
+	}
+	return string(out[i+len("audit.jsonl-20060102-1504") : i+len("audit.jsonl-20060102-150405")])
+}
+
+// TestLicenseMatchesPackages: the repository's LICENSE is the Blue Oak
+// Model License 1.0.0, which the packages and the image declare.
+func TestLicenseMatchesPackages(t *testing.T) {
+	lic := read(t, "../LICENSE")
+	for _, want := range []string{"# Blue Oak Model License", "Version 1.0.0", "## No Liability", "https://blueoakcouncil.org/license/1.0.0"} {
+		if !strings.Contains(lic, want) {
+			t.Errorf("LICENSE lacks %q", want)
+		}
+	}
+	for file, want := range map[string]string{
+		"nfpm.yaml":                     "license: BlueOak-1.0.0\n",
+		"packaging/copyright":           "License: BlueOak-1.0.0\n",
+		"container/Containerfile.local": `org.opencontainers.image.licenses="BlueOak-1.0.0"`,
+		"../Containerfile":              `org.opencontainers.image.licenses="BlueOak-1.0.0"`,
+	} {
+		if !strings.Contains(read(t, file), want) {
+			t.Errorf("%s does not declare %q", file, want)
+		}
 	}
 }

@@ -134,6 +134,9 @@ type LimitsConfig struct {
 	IdleTimeoutSec        int `toml:"idle_timeout_sec"`
 	MaxFramesPerSec       int `toml:"max_frames_per_sec"`
 	ShutdownGraceSec      int `toml:"shutdown_grace_sec"`
+	// LameDuckSec is how long the server reports unready after SIGTERM
+	// while still serving, before the listener closes (0: close at once).
+	LameDuckSec int `toml:"lame_duck_sec"`
 }
 
 // Default returns the built-in configuration.

@@ -57,6 +57,7 @@ func TestDefault(t *testing.T) {
 		{"limits.idle_timeout_sec", c.Limits.IdleTimeoutSec, 300},
 		{"limits.max_frames_per_sec", c.Limits.MaxFramesPerSec, 50},
 		{"limits.shutdown_grace_sec", c.Limits.ShutdownGraceSec, 5},
+		{"limits.lame_duck_sec", c.Limits.LameDuckSec, 0},
 		{"PeersFile", c.PeersFile(), "/var/lib/reflector/peers.json"},
 		{"QuotaFile", c.QuotaFile(), "/var/lib/reflector/quotas.json"},
 		{"AdminSocket", c.AdminSocket(), "/var/lib/reflector/admin.sock"},
@@ -319,6 +320,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "zero idle timeout", toml: "[limits]\nidle_timeout_sec = 0\n", want: []string{"limits.idle_timeout_sec = 0"}},
 		{name: "zero frame rate", toml: "[limits]\nmax_frames_per_sec = 0\n", want: []string{"limits.max_frames_per_sec = 0"}},
 		{name: "negative grace", toml: "[limits]\nshutdown_grace_sec = -1\n", want: []string{"limits.shutdown_grace_sec = -1: must not be negative"}},
+		{name: "negative lame duck", toml: "[limits]\nlame_duck_sec = -1\n", want: []string{"limits.lame_duck_sec = -1: must not be negative"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

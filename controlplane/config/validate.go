@@ -103,6 +103,7 @@ func (c *Config) validate() []error {
 	v.intRange("limits.idle_timeout_sec", int64(l.IdleTimeoutSec), 1, maxSeconds)
 	v.intRange("limits.max_frames_per_sec", int64(l.MaxFramesPerSec), 1, 1<<20)
 	v.intRange("limits.shutdown_grace_sec", int64(l.ShutdownGraceSec), 0, maxSeconds)
+	v.intRange("limits.lame_duck_sec", int64(l.LameDuckSec), 0, maxSeconds)
 	return v.errs
 }
 

@@ -41,6 +41,7 @@ type Metrics struct {
 	rateLimited       *prometheus.CounterVec
 	legacyDenied      *prometheus.CounterVec
 	dataRefused       *prometheus.CounterVec
+	sessionDuration   *prometheus.HistogramVec
 }
 
 // New returns the metrics on a fresh registry that also carries the build
@@ -95,6 +96,12 @@ func New(version, commit string) *Metrics {
 		Help: "Sessions granted and not yet ended, by test type.",
 	}, []string{"test_type"})
 	reg.MustRegister(m.sessionsActive)
+	m.sessionDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "session_duration_seconds",
+		Help:    "Time from grant to end of the sessions that ended, by test type.",
+		Buckets: []float64{1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600},
+	}, []string{"test_type"})
+	reg.MustRegister(m.sessionDuration)
 
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -120,6 +127,7 @@ func (m *Metrics) zero() {
 	for _, tt := range withOther(testTypes) {
 		m.sessionsGranted.WithLabelValues(tt)
 		m.sessionsActive.WithLabelValues(tt)
+		m.sessionDuration.WithLabelValues(tt)
 		for _, r := range withOther(sessionDenyReasons) {
 			m.sessionsDenied.WithLabelValues(r, tt)
 		}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/cpu"
 
 	"github.com/packetparamedic/reflector/controlplane/audit"
+	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/iperf3proto"
@@ -357,10 +358,13 @@ func checkAudit(dir string, d time.Duration) Check {
 func auditRate(dir string, d time.Duration) (float64, error) {
 	if dir == "" {
 		dir = os.TempDir()
+		if fi, err := os.Stat(config.DefaultStateDir); err == nil && fi.IsDir() {
+			dir = config.DefaultStateDir
+		}
 	}
 	tmp, err := os.MkdirTemp(dir, "reflector-selftest-")
 	if err != nil {
-		return 0, fmt.Errorf("temp dir: %w", err)
+		return 0, fmt.Errorf("audit speed file in %s (the state directory): %w", dir, err)
 	}
 	defer func() { _ = os.RemoveAll(tmp) }()
 	l, err := audit.Open(filepath.Join(tmp, "audit.jsonl"), "PP-SELFTEST")

@@ -67,7 +67,10 @@ type Options struct {
 	// BenchDuration bounds each of the audit and Ed25519 rate loops
 	// (default 500ms).
 	BenchDuration time.Duration
-	// TempDir holds the audit speed file (default os.TempDir()).
+	// TempDir holds the audit speed file: pass the state directory, whose
+	// disk the audit log lives on. Default: the built-in state directory
+	// (/var/lib/reflector) when it exists, else os.TempDir() (a read-only
+	// scratch container has no writable /tmp, only its state volume).
 	TempDir string
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -168,5 +169,17 @@ func TestChecksGradeHostValues(t *testing.T) {
 	}
 	if f := checkFDLimit(); f.Verdict != OK && !strings.Contains(f.Hint, "LimitNOFILE") && f.Value != "unknown" {
 		t.Errorf("fd_limit below target without a hint: %+v", f)
+	}
+}
+
+// The audit speed check writes where it is told (the state directory) and
+// names that directory when it cannot, instead of falling back to /tmp.
+func TestAuditRateUsesGivenDir(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-state-dir")
+	if _, err := auditRate(missing, time.Millisecond); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("auditRate(%s) = %v, want an error naming the directory", missing, err)
+	}
+	if _, err := auditRate(t.TempDir(), time.Millisecond); err != nil {
+		t.Fatal(err)
 	}
 }

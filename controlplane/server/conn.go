@@ -305,7 +305,7 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 		if s.draining.Load() {
 			return s.reply(c, reqID, s.denyDraining(c, *m))
 		}
-		if err := s.health.Err(); err != nil {
+		if err := s.grantHealthErr(); err != nil {
 			return s.reply(c, reqID, s.denyUnhealthy(c, *m, err))
 		}
 		return s.reply(c, reqID, s.sessions.Request(c.ctx, c.peer, *m))

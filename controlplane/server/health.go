@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/ed25519"
 	"errors"
+	"slices"
 
 	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/health"
@@ -29,6 +30,14 @@ func (s *Server) newHealth() *health.Checker {
 // HealthChecks runs the health definition's named checks (see package
 // health); the server is healthy when every one passes.
 func (s *Server) HealthChecks() []health.Check { return s.health.Checks() }
+
+// grantHealthErr is the health definition as grants see it: every check
+// but not_draining. Shutdown refuses grants itself (busy, with its own
+// audit reason), and the lame-duck delay reports unready while grants go
+// on, so an appliance's upload-then-download pair is not cut in half.
+func (s *Server) grantHealthErr() error {
+	return health.Err(slices.DeleteFunc(s.health.Checks(), func(c health.Check) bool { return c.Name == health.NotDraining }))
+}
 
 // listenerErr returns nil while the pp-link/1 listener accepts: the accept
 // loop retries every error but a closed listener, which only Shutdown

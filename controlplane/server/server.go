@@ -107,6 +107,8 @@ type Server struct {
 	// draining is set at the start of Shutdown: /health fails, session
 	// requests are refused with a retry hint, running tests may finish.
 	draining atomic.Bool
+	// lameDuck is set by LameDuck: unready, still serving (see fleet.go).
+	lameDuck atomic.Bool
 
 	denialInterval time.Duration
 
@@ -216,6 +218,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.sessions = sessions
 	s.peers.OnRemove(s.dropPeer)
+	s.metrics.ObserveFleet(s.id.String(), s.HealthChecks)
 	return s, nil
 }
 
@@ -357,8 +360,8 @@ func (s *Server) MetricsAddr() net.Addr {
 	return s.httpAddr
 }
 
-// Draining reports whether Shutdown has started.
-func (s *Server) Draining() bool { return s.draining.Load() }
+// Draining reports whether Shutdown or the lame-duck delay has started.
+func (s *Server) Draining() bool { return s.draining.Load() || s.lameDuck.Load() }
 
 // Health is the body of GET /health: the health definition's checks
 // (package health), with audit, identity and drain state broken out, the
@@ -371,7 +374,7 @@ func (s *Server) Health() metrics.Health {
 		UptimeSec:  int64(s.Uptime() / time.Second),
 		AuditOK:    true,
 		IdentityOK: true,
-		Draining:   s.draining.Load(),
+		Draining:   s.Draining(),
 		Checks:     checks,
 	}
 	for _, ch := range checks {

@@ -727,6 +727,7 @@ func (m *Manager) finish(s *session, o outcome) {
 		m.refusedConns(s, ts)
 	}
 	m.metrics.SessionEnded(metrics.TestType(s.sp.TestType), metrics.EndReason(o.reason))
+	m.metrics.SessionDuration(metrics.TestType(s.sp.TestType), elapsed)
 	if es, ok := o.summary.(*echoSummary); ok {
 		m.metrics.EchoPackets(int64(es.Echoed))
 		m.metrics.EchoRateDropped(int64(es.DroppedRate))
