@@ -120,6 +120,13 @@ type LimitsConfig struct {
 	IdleTimeoutSec        int `toml:"idle_timeout_sec"`
 	MaxFramesPerSec       int `toml:"max_frames_per_sec"`
 	ShutdownGraceSec      int `toml:"shutdown_grace_sec"`
+	// Per-source caps (issue 11): established connections per peer key and
+	// per source address, connections of not-yet-paired keys while a
+	// pairing window is open, TLS handshakes in flight per address.
+	MaxConnsPerPeer       int `toml:"max_conns_per_peer"`
+	MaxConnsPerAddr       int `toml:"max_conns_per_addr"`
+	MaxPairingConnections int `toml:"max_pairing_connections"`
+	MaxHandshakesPerAddr  int `toml:"max_handshakes_per_addr"`
 }
 
 // Default returns the built-in configuration.
@@ -155,6 +162,10 @@ func Default() *Config {
 			IdleTimeoutSec:        300,
 			MaxFramesPerSec:       50,
 			ShutdownGraceSec:      5,
+			MaxConnsPerPeer:       32,
+			MaxConnsPerAddr:       64,
+			MaxPairingConnections: 8,
+			MaxHandshakesPerAddr:  8,
 		},
 	}
 	c.deriveStatePaths(true, true)
