@@ -29,6 +29,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/peers"
 	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
+	"github.com/packetparamedic/reflector/internal/ratelimit"
 )
 
 // DefaultPairingTTL is how long the window opened by pairing_enabled = true
@@ -73,11 +74,14 @@ type Stats struct {
 	Malformed         uint64 `json:"malformed"`
 	FrameRateExceeded uint64 `json:"frame_rate_exceeded"`
 	IdleClosed        uint64 `json:"idle_closed"`
+	// SourceCapRejected counts identified peers refused by the per-peer,
+	// per-address or pairing connection caps.
+	SourceCapRejected uint64 `json:"source_cap_rejected"`
 }
 
 type counters struct {
 	accepted, denied, connLimit, hsLimit, addrLimited atomic.Uint64
-	hsFailed, malformed, frameRate, idle              atomic.Uint64
+	hsFailed, malformed, frameRate, idle, sourceCap   atomic.Uint64
 }
 
 // Server is one reflector control plane. Create it with New, then Start;
@@ -96,7 +100,9 @@ type Server struct {
 	pairing  *pairing.Manager
 	sessions Sessions
 	sampler  *hostinfo.Sampler
-	limiter  *addrLimiter
+	limiter  *ratelimit.Keyed
+	admit    *admission
+	limits   config.LimitsConfig // cfg.Limits with unset values from config.Default
 	denials  *denialAggregator
 	stats    counters
 	metrics  *metrics.Metrics
@@ -121,7 +127,7 @@ type Server struct {
 	shutdown  bool
 	drainEnd  time.Time // when the drain's grace period ends
 	active    int
-	handshake int
+	quicGuard *quicGuard // admission of QUIC handshakes; nil without QUIC
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -139,6 +145,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
+	limits := limitsWithDefaults(cfg.Limits)
 	s := &Server{
 		cfg:              cfg,
 		log:              opts.Logger,
@@ -147,12 +154,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		pairing:          pairing.NewManager(now),
 		sampler:          hostinfo.NewSampler(),
 		conns:            map[uint64]*serverConn{},
-		handshakeTimeout: seconds(cfg.Limits.HandshakeTimeoutSec, 10),
-		idleTimeout:      seconds(cfg.Limits.IdleTimeoutSec, 300),
-		limiter:          newAddrLimiter(cfg.Limits.NewConnsPerSecPerAddr, cfg.Limits.NewConnsBurstPerAddr),
+		limits:           limits,
+		handshakeTimeout: time.Duration(limits.HandshakeTimeoutSec) * time.Second,
+		idleTimeout:      time.Duration(limits.IdleTimeoutSec) * time.Second,
+		limiter:          ratelimit.NewKeyed(limits.NewConnsPerSecPerAddr, limits.NewConnsBurstPerAddr, maxTrackedAddrs, nil),
+		admit:            newAdmission(limits),
 		denialInterval:   opts.DenialAuditInterval,
 		metrics:          opts.Metrics,
 	}
+	s.pairing.OnClose(s.pairingClosed)
 	if s.denialInterval <= 0 {
 		s.denialInterval = DefaultDenialAuditInterval
 	}
@@ -173,9 +183,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	alpn := cfg.Network.ALPN
 	if alpn == "" {
-		alpn = "pp-link/1"
+		alpn = config.Default().Network.ALPN
 	}
 	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
+	s.tlsConf.GetConfigForClient = clientHelloArrived
 
 	static, err := parseIDs(cfg.Access.AuthorizedPeers)
 	if err != nil {
@@ -210,11 +221,26 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func seconds(n, def int) time.Duration {
-	if n <= 0 {
-		n = def
+// limitsWithDefaults fills the limits a caller left unset (zero or
+// negative; a config built by hand rather than parsed) from
+// config.Default, the one place defaults live. A shutdown grace of 0 is a
+// valid setting and kept.
+func limitsWithDefaults(l config.LimitsConfig) config.LimitsConfig {
+	d := config.Default().Limits
+	for _, f := range []struct{ v, def *int }{
+		{&l.MaxControlConnections, &d.MaxControlConnections}, {&l.MaxHandshakes, &d.MaxHandshakes},
+		{&l.HandshakeTimeoutSec, &d.HandshakeTimeoutSec}, {&l.NewConnsPerSecPerAddr, &d.NewConnsPerSecPerAddr},
+		{&l.NewConnsBurstPerAddr, &d.NewConnsBurstPerAddr}, {&l.IdleTimeoutSec, &d.IdleTimeoutSec},
+		{&l.MaxFramesPerSec, &d.MaxFramesPerSec}, {&l.MaxConnsPerPeer, &d.MaxConnsPerPeer},
+		{&l.MaxConnsPerAddr, &d.MaxConnsPerAddr}, {&l.MaxPairingConnections, &d.MaxPairingConnections},
+		{&l.MaxHandshakesPerAddr, &d.MaxHandshakesPerAddr},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
-	return time.Duration(n) * time.Second
+	l.ShutdownGraceSec = max(l.ShutdownGraceSec, 0)
+	return l
 }
 
 func parseIDs(list []string) ([]identity.EndpointID, error) {
@@ -251,7 +277,7 @@ func (s *Server) Stats() Stats {
 		ConnLimitRejected: c.connLimit.Load(), HandshakeLimited: c.hsLimit.Load(),
 		AddrRateLimited: c.addrLimited.Load(), HandshakeFailed: c.hsFailed.Load(),
 		Malformed: c.malformed.Load(), FrameRateExceeded: c.frameRate.Load(),
-		IdleClosed: c.idle.Load(),
+		IdleClosed: c.idle.Load(), SourceCapRejected: c.sourceCap.Load(),
 	}
 }
 
@@ -312,7 +338,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.log.Info().Str("listen", httpAddr.String()).Msg("serving /metrics and /health")
 	}
 	if s.cfg.Access.PairingEnabled {
-		if _, err := s.openPairing(DefaultPairingTTL, "config"); err != nil {
+		if _, err := s.openPairing(DefaultPairingTTL, pairingByConfig); err != nil {
 			s.log.Error().Err(err).Msg("could not open the start-up pairing window")
 		}
 	}
@@ -441,7 +467,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.shutdown = true
 	s.draining.Store(true)
-	grace := time.Duration(max(s.cfg.Limits.ShutdownGraceSec, 0)) * time.Second
+	grace := time.Duration(s.limits.ShutdownGraceSec) * time.Second
 	s.drainEnd = s.now().Add(grace)
 	ln, adm, cancel, stopHTTP, quic := s.ln, s.admin, s.cancel, s.stopHTTP, s.quic
 	s.mu.Unlock()
@@ -546,6 +572,9 @@ func (s *Server) connsOf(match func(*serverConn) bool) []*serverConn {
 	return out
 }
 
+// pairingByConfig opens the start-up window of pairing_enabled = true.
+const pairingByConfig = "config"
+
 // openPairing opens a pairing window and audits it.
 func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, error) {
 	token, expires, err := s.pairing.Open(ttl)
@@ -562,7 +591,13 @@ func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, er
 		s.log.Error().Err(err).Msg("audit pairing_enabled")
 	}
 	s.metrics.PairingEvent(metrics.PairingEnabled)
-	s.log.Info().Str("endpoint_id", s.id.String()).Str("token", token).
-		Time("expires_at", expires).Str("opened_by", by).Msg("pairing window open")
+	ev := s.log.Info().Str("endpoint_id", s.id.String()).Time("expires_at", expires).Str("opened_by", by)
+	if by == pairingByConfig {
+		// The start-up window of pairing_enabled = true has no admin
+		// client to hand its token to: the log shows it, once. Every
+		// other token goes only to the admin client that asked.
+		ev = ev.Str("token", token)
+	}
+	ev.Msg("pairing window open")
 	return admin.PairResult{EndpointID: s.id.String(), Token: token, ExpiresAt: expires.UTC()}, nil
 }

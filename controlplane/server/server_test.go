@@ -512,6 +512,7 @@ func TestDenialFloodAuditedInAggregate(t *testing.T) {
 	h := servertest.Start(t, func(c *config.Config) {
 		c.Limits.NewConnsPerSecPerAddr = 1000
 		c.Limits.NewConnsBurstPerAddr = 1000
+		c.Limits.MaxHandshakesPerAddr = 1000
 		c.Limits.HandshakeTimeoutSec = 1
 	}, server.Options{DenialAuditInterval: time.Hour})
 	cert, err := identity.NewCertificate(servertest.NewKey(t))

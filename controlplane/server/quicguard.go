@@ -1,0 +1,4 @@
+package server
+
+// quicGuard admits QUIC handshakes on 4000/udp.
+type quicGuard struct{}
