@@ -165,7 +165,7 @@ func Default() *Config {
 			MaxConnsPerPeer:       32,
 			MaxConnsPerAddr:       64,
 			MaxPairingConnections: 8,
-			MaxHandshakesPerAddr:  8,
+			MaxHandshakesPerAddr:  16,
 		},
 	}
 	c.deriveStatePaths(true, true)

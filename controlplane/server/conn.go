@@ -314,13 +314,23 @@ func (s *Server) deny(log zerolog.Logger, tc *tls.Conn, addr netip.AddrPort, id 
 	s.stats.denied.Add(1)
 	s.metrics.ConnDenied(m)
 	s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: reason})
-	if err := link.NewConn(tc).WriteMessage("", why, denyWriteTimeout); err != nil {
+	// The reply echoes the request_id of the client's first message (its
+	// hello) so that a client matching replies to requests shows it; a
+	// client that sends nothing gets "init-0", the appliance's hello id.
+	lc := link.NewConn(tc)
+	lc.LimitReads(link.MaxRequestSize, denyTimeout)
+	reqID, _, _ := lc.ReadMessage(denyTimeout)
+	if reqID == "" {
+		reqID = "init-0"
+	}
+	if err := lc.WriteMessage(reqID, why, denyTimeout); err != nil {
 		log.Debug().Err(err).Msg("could not send the refusal")
 	}
 }
 
-// denyWriteTimeout bounds the error frame sent to a refused peer.
-const denyWriteTimeout = 2 * time.Second
+// denyTimeout bounds the wait for a refused peer's first message and the
+// error frame sent back.
+const denyTimeout = time.Second
 
 // notAuthorizedError tells an unknown key how to get authorized.
 func (s *Server) notAuthorizedError() *link.Error {
