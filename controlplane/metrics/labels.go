@@ -173,6 +173,26 @@ const (
 
 var rateLimitKinds = []RateLimitKind{LimitNewConns, LimitFrames, LimitTestsPerHour, LimitCooldown}
 
+// QUICOutcome is what became of a QUIC handshake attempt. The refusal
+// outcomes are spelled as the server's refusal reasons, so
+// QUICHandshake(QUICOutcome(reason)) needs no mapping.
+type QUICOutcome string
+
+// QUIC handshake outcomes.
+const (
+	QUICCompleted            QUICOutcome = "completed"              // the handshake completed
+	QUICFailed               QUICOutcome = "failed"                 // admitted, did not complete (timeout, spoofed source)
+	QUICRetry                QUICOutcome = "retry"                  // answered with a Retry (source address validation under load)
+	QUICAddrRateLimited      QUICOutcome = "addr_rate_limited"      // new attempts per address
+	QUICHandshakeLimit       QUICOutcome = "handshake_limit"        // handshakes in flight overall
+	QUICHandshakeAddrLimit   QUICOutcome = "handshake_addr_limit"   // in flight from the address
+	QUICHandshakePrefixLimit QUICOutcome = "handshake_prefix_limit" // in flight from the /24 or /64
+	QUICHandshakeEarlyDrop   QUICOutcome = "handshake_early_drop"   // random early drop
+)
+
+var quicOutcomes = []QUICOutcome{QUICCompleted, QUICFailed, QUICRetry, QUICAddrRateLimited, QUICHandshakeLimit,
+	QUICHandshakeAddrLimit, QUICHandshakePrefixLimit, QUICHandshakeEarlyDrop}
+
 // norm returns v when it is in set, LabelOther otherwise.
 func norm[T ~string](v T, set []T) string {
 	for _, s := range set {

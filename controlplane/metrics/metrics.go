@@ -39,6 +39,7 @@ type Metrics struct {
 	echoDropped       prometheus.Counter
 	attachDenied      *prometheus.CounterVec
 	rateLimited       *prometheus.CounterVec
+	quicHandshakes    *prometheus.CounterVec
 }
 
 // New returns the metrics on a fresh registry that also carries the build
@@ -89,6 +90,8 @@ func New(version, commit string) *Metrics {
 		Help: "Sessions granted and not yet ended, by test type.",
 	}, []string{"test_type"})
 	reg.MustRegister(m.sessionsActive)
+	m.quicHandshakes = counterVec("quic_handshakes_total",
+		"QUIC handshakes on the tunnel's UDP port, by outcome: completed, failed, retry (source address validation asked for), or the limit that refused it.", "outcome")
 
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -132,6 +135,9 @@ func (m *Metrics) zero() {
 	}
 	for _, k := range withOther(rateLimitKinds) {
 		m.rateLimited.WithLabelValues(k)
+	}
+	for _, o := range withOther(quicOutcomes) {
+		m.quicHandshakes.WithLabelValues(o)
 	}
 }
 
@@ -278,4 +284,12 @@ func (m *Metrics) RateLimited(kind RateLimitKind) {
 		return
 	}
 	m.rateLimited.WithLabelValues(norm(kind, rateLimitKinds)).Inc()
+}
+
+// QUICHandshake counts a QUIC handshake attempt's outcome.
+func (m *Metrics) QUICHandshake(o QUICOutcome) {
+	if m == nil {
+		return
+	}
+	m.quicHandshakes.WithLabelValues(norm(o, quicOutcomes)).Inc()
 }

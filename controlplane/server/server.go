@@ -77,6 +77,12 @@ type Stats struct {
 	// SourceCapRejected counts identified peers refused by the per-peer,
 	// per-address or pairing connection caps.
 	SourceCapRejected uint64 `json:"source_cap_rejected"`
+	// QUIC handshakes on the tunnel's UDP port: completed, admitted but
+	// not completed, refused by a limit, and answered with a Retry.
+	QUICCompleted uint64 `json:"quic_completed"`
+	QUICFailed    uint64 `json:"quic_failed"`
+	QUICRefused   uint64 `json:"quic_refused"`
+	QUICRetries   uint64 `json:"quic_retries"`
 }
 
 type counters struct {
@@ -272,13 +278,21 @@ func (s *Server) Peers() *peers.Store { return s.peers }
 // Stats returns the connection counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
-	return Stats{
+	st := Stats{
 		Accepted: c.accepted.Load(), Denied: c.denied.Load(),
 		ConnLimitRejected: c.connLimit.Load(), HandshakeLimited: c.hsLimit.Load(),
 		AddrRateLimited: c.addrLimited.Load(), HandshakeFailed: c.hsFailed.Load(),
 		Malformed: c.malformed.Load(), FrameRateExceeded: c.frameRate.Load(),
 		IdleClosed: c.idle.Load(), SourceCapRejected: c.sourceCap.Load(),
 	}
+	s.mu.Lock()
+	g := s.quicGuard
+	s.mu.Unlock()
+	if g != nil {
+		st.QUICCompleted, st.QUICFailed = g.completed.Load(), g.failed.Load()
+		st.QUICRefused, st.QUICRetries = g.refused.Load(), g.retries.Load()
+	}
+	return st
 }
 
 // Addr returns the bound control listener address, or nil before Start.
