@@ -314,23 +314,39 @@ func (s *Server) deny(log zerolog.Logger, tc *tls.Conn, addr netip.AddrPort, id 
 	s.stats.denied.Add(1)
 	s.metrics.ConnDenied(m)
 	s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: reason})
-	// The reply echoes the request_id of the client's first message (its
-	// hello) so that a client matching replies to requests shows it; a
-	// client that sends nothing gets "init-0", the appliance's hello id.
-	lc := link.NewConn(tc)
-	lc.LimitReads(link.MaxRequestSize, denyTimeout)
-	reqID, _, _ := lc.ReadMessage(denyTimeout)
-	if reqID == "" {
-		reqID = "init-0"
-	}
-	if err := lc.WriteMessage(reqID, why, denyTimeout); err != nil {
+	// The frame carries request_id "init-0", the id of the appliance's
+	// (and our client's) hello, so a client that matches replies to
+	// requests takes it as the answer to its hello. It is sent at once,
+	// then the connection is closed lingering, so the client reads it
+	// instead of a reset.
+	if err := link.NewConn(tc).WriteMessage("init-0", why, denyTimeout); err != nil {
 		log.Debug().Err(err).Msg("could not send the refusal")
+		return
 	}
+	lingerClose(tc.NetConn())
 }
 
-// denyTimeout bounds the wait for a refused peer's first message and the
-// error frame sent back.
+// denyTimeout bounds the error frame sent to a refused peer and the wait
+// for its close.
 const denyTimeout = time.Second
+
+// lingerClose half-closes nc and discards what the peer still sends (its
+// hello, typically) until it closes or denyTimeout passes: closing a
+// socket with unread data would send a reset, which can destroy the
+// refusal before the peer reads it.
+func lingerClose(nc net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if bc, ok := nc.(*tunnel.BatchConn); ok {
+		nc = bc.Conn
+	}
+	cw, ok := nc.(closeWriter)
+	if !ok {
+		return
+	}
+	_ = cw.CloseWrite()
+	_ = nc.SetReadDeadline(time.Now().Add(denyTimeout))
+	_, _ = io.CopyN(io.Discard, nc, 64<<10)
+}
 
 // notAuthorizedError tells an unknown key how to get authorized.
 func (s *Server) notAuthorizedError() *link.Error {
