@@ -352,7 +352,7 @@ func lingerClose(nc net.Conn) {
 func (s *Server) notAuthorizedError() *link.Error {
 	return &link.Error{
 		Code:    link.CodePairingRequired,
-		Message: "not authorized by " + s.id.String() + ": pair first with `reflector pair-with --peer HOST:PORT --token TOKEN` (the operator runs `reflector pair` to get a token)",
+		Message: "not authorized by " + s.id.String() + ": pair first with `reflector pair-with --peer HOST:PORT --token TOKEN` (no pairing window is open: the operator runs `reflector pair` for a token)",
 	}
 }
 
