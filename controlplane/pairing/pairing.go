@@ -79,7 +79,6 @@ type Manager struct {
 	closed   error // what Redeem reports while no window is open
 	timer    *time.Timer
 	onClose  func(reason error)
-	notifyMu sync.Mutex // serialises onClose calls
 }
 
 // OnClose registers f, called once each time an open window closes, with

@@ -59,8 +59,8 @@ func TestKeyed(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	k := NewKeyed(1, 2, 3, clock)
 	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
-	if !k.Allow(a) || !k.Allow(a) || k.Allow(a) {
-		t.Fatal("burst of 2 per address")
+	if got := []bool{k.Allow(a), k.Allow(a), k.Allow(a)}; !got[0] || !got[1] || got[2] {
+		t.Fatalf("burst of 2 per address: %v", got)
 	}
 	if !k.Allow(b) {
 		t.Fatal("addresses are independent")
@@ -68,8 +68,8 @@ func TestKeyed(t *testing.T) {
 	mu.Lock()
 	now = now.Add(time.Second)
 	mu.Unlock()
-	if !k.Allow(a) || k.Allow(a) {
-		t.Fatal("one token a second")
+	if got := []bool{k.Allow(a), k.Allow(a)}; !got[0] || got[1] {
+		t.Fatalf("one token a second: %v", got)
 	}
 	// Fill the table: b has refilled and is dropped to make room.
 	mu.Lock()
