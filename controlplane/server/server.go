@@ -525,6 +525,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if stopHTTP != nil {
 		stopHTTP()
 	}
+	// An open pairing window closes with the server (audited while the
+	// log is open; its expiry timer stops).
+	s.pairing.Close()
 	if err := s.audit.Close(); err != nil {
 		errs = append(errs, err)
 	}
