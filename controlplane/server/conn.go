@@ -177,35 +177,8 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort, known bo
 		log.Debug().Err(err).Msg("TLS handshake failed")
 		return
 	}
-	peerCerts := tc.ConnectionState().PeerCertificates
-	if len(peerCerts) == 0 {
-		s.stats.hsFailed.Add(1)
-		s.metrics.HandshakeFailed(metrics.HandshakeNoClientCert)
-		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
-		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
-		return
-	}
-	id, err := identity.PeerID(peerCerts[0])
-	if err != nil {
-		s.denyBadCert(log, addr, err)
-		return
-	}
-	log = log.With().Str("peer_id", id.String()).Logger()
-
-	authorized := s.peers.Contains(id)
-	endHandshake(authorized)
-	pairingOnly := false
-	if !authorized {
-		if open, _ := s.pairing.Active(); !open {
-			s.deny(log, tc, addr, id, ReasonNotAuthorized, metrics.ConnNotAuthorized, s.notAuthorizedError())
-			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
-			return
-		}
-		pairingOnly = true
-	}
-	if reason, ok := s.admit.startConn(id, addr.Addr(), pairingOnly); !ok {
-		s.stats.sourceCap.Add(1)
-		s.deny(log, tc, addr, id, reason, metrics.ConnDenyReason(reason), &link.Error{Code: link.CodeTooManyConnections, Message: "too many connections (" + reason + "): close some and retry"})
+	id, pairingOnly, ok := s.admitPeer(tc, addr, &log, endHandshake)
+	if !ok {
 		return
 	}
 	c := s.newServerConn(tc, nc, connID, addr, id, log, pairingOnly)
@@ -244,6 +217,43 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort, known bo
 	if !c.pairing.Load() && !c.attached {
 		s.sessions.PeerGone(c.peer)
 	}
+}
+
+// admitPeer identifies the peer of a completed handshake (adding its ID to
+// log) and decides: authorized, allowed only to pair, or refused (audited,
+// counted, told why; ok false). It ends the handshake's slot, marking the
+// address known for an authorized peer, and takes a connection slot.
+func (s *Server) admitPeer(tc *tls.Conn, addr netip.AddrPort, log *zerolog.Logger, endHandshake func(authorized bool)) (id identity.EndpointID, pairingOnly, ok bool) {
+	peerCerts := tc.ConnectionState().PeerCertificates
+	if len(peerCerts) == 0 {
+		s.stats.hsFailed.Add(1)
+		s.metrics.HandshakeFailed(metrics.HandshakeNoClientCert)
+		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
+		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
+		return "", false, false
+	}
+	id, err := identity.PeerID(peerCerts[0])
+	if err != nil {
+		s.denyBadCert(*log, addr, err)
+		return "", false, false
+	}
+	*log = log.With().Str("peer_id", id.String()).Logger()
+	authorized := s.peers.Contains(id)
+	endHandshake(authorized)
+	if !authorized {
+		if open, _ := s.pairing.Active(); !open {
+			s.deny(*log, tc, addr, id, ReasonNotAuthorized, metrics.ConnNotAuthorized, s.notAuthorizedError())
+			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
+			return "", false, false
+		}
+		pairingOnly = true
+	}
+	if reason, ok := s.admit.startConn(id, addr.Addr(), pairingOnly); !ok {
+		s.stats.sourceCap.Add(1)
+		s.deny(*log, tc, addr, id, reason, metrics.ConnDenyReason(reason), &link.Error{Code: link.CodeTooManyConnections, Message: "too many connections (" + reason + "): close some and retry"})
+		return "", false, false
+	}
+	return id, pairingOnly, true
 }
 
 // handshake runs the server side of TLS on nc: the ClientHello must start
