@@ -32,13 +32,16 @@ type binServer struct {
 }
 
 // newBinServer writes a direct_ephemeral config authorizing owner to a
-// fresh state directory.
-func newBinServer(t *testing.T, owner ed25519.PrivateKey) *binServer {
+// fresh state directory, edited by edits.
+func newBinServer(t *testing.T, owner ed25519.PrivateKey, edits ...func(*config.Config)) *binServer {
 	t.Helper()
 	dir := servertest.StateDir(t)
 	cfg := servertest.Config(dir)
 	directConfig(cfg)
 	cfg.Access.AuthorizedPeers = []string{servertest.ID(owner).String()}
+	for _, edit := range edits {
+		edit(cfg)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

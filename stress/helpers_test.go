@@ -135,6 +135,11 @@ func directConfig(c *config.Config) {
 	c.Quotas.MaxBytesPerDayPerPeer = 1 << 50
 	c.Limits.NewConnsPerSecPerAddr = 100000
 	c.Limits.NewConnsBurstPerAddr = 100000
+	// The load comes from one loopback address and a few keys, which the
+	// per-source caps exist to refuse.
+	c.Limits.MaxConnsPerPeer = 100000
+	c.Limits.MaxConnsPerAddr = 100000
+	c.Limits.MaxHandshakesPerAddr = 64
 }
 
 // dial connects key to the harness with a call timeout.

@@ -44,6 +44,15 @@ const (
 	// RateLimited is an aggregate summary of events dropped or refused by a
 	// rate limiter, written instead of one line per refused attempt.
 	RateLimited EventType = "rate_limited"
+	// PairingFailed records a refused pair_request (wrong token, a source
+	// over its wrong-token limit, no window); aggregated per source
+	// address like connection_denied.
+	PairingFailed EventType = "pairing_failed"
+	// PairingClosed records the pairing window closing, with the reason:
+	// expired, consumed, too_many_failures or closed.
+	PairingClosed EventType = "pairing_closed"
+	// PeerAdded records a peer authorized by the operator (`peers add`).
+	PeerAdded EventType = "peer_added"
 )
 
 // Event is one audit line. Write fills Timestamp and EndpointID when they

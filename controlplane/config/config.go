@@ -137,6 +137,13 @@ type LimitsConfig struct {
 	// LameDuckSec is how long the server reports unready after SIGTERM
 	// while still serving, before the listener closes (0: close at once).
 	LameDuckSec int `toml:"lame_duck_sec"`
+	// Per-source caps (issue 11): established connections per peer key and
+	// per source address, connections of not-yet-paired keys while a
+	// pairing window is open, TLS handshakes in flight per address.
+	MaxConnsPerPeer       int `toml:"max_conns_per_peer"`
+	MaxConnsPerAddr       int `toml:"max_conns_per_addr"`
+	MaxPairingConnections int `toml:"max_pairing_connections"`
+	MaxHandshakesPerAddr  int `toml:"max_handshakes_per_addr"`
 }
 
 // Default returns the built-in configuration.
@@ -172,6 +179,10 @@ func Default() *Config {
 			IdleTimeoutSec:        300,
 			MaxFramesPerSec:       50,
 			ShutdownGraceSec:      5,
+			MaxConnsPerPeer:       32,
+			MaxConnsPerAddr:       64,
+			MaxPairingConnections: 8,
+			MaxHandshakesPerAddr:  16,
 		},
 	}
 	c.deriveStatePaths(true, true)

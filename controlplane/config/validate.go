@@ -104,6 +104,10 @@ func (c *Config) validate() []error {
 	v.intRange("limits.max_frames_per_sec", int64(l.MaxFramesPerSec), 1, 1<<20)
 	v.intRange("limits.shutdown_grace_sec", int64(l.ShutdownGraceSec), 0, maxSeconds)
 	v.intRange("limits.lame_duck_sec", int64(l.LameDuckSec), 0, maxSeconds)
+	v.intRange("limits.max_conns_per_peer", int64(l.MaxConnsPerPeer), 1, 1<<20)
+	v.intRange("limits.max_conns_per_addr", int64(l.MaxConnsPerAddr), 1, 1<<20)
+	v.intRange("limits.max_pairing_connections", int64(l.MaxPairingConnections), 1, 1<<20)
+	v.intRange("limits.max_handshakes_per_addr", int64(l.MaxHandshakesPerAddr), 1, 1<<20)
 	return v.errs
 }
 

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -32,7 +31,8 @@ const clockSkew = 5 * time.Minute
 
 // ServerTLSConfig returns the server side of mutual TLS for protocol alpn:
 // TLS 1.3 only, a client certificate required, and the handshake refused
-// when the client offers ALPN protocols that do not include alpn, or presents
+// when the client offers ALPN protocols that do not include alpn (crypto/tls
+// itself refuses those with the no_application_protocol alert), or presents
 // anything but exactly one
 // parseable, currently valid certificate with an Ed25519 key. Which peer it
 // is, and whether it is allowed, is decided after the handshake (PeerID on
@@ -50,12 +50,6 @@ func ServerTLSConfig(cert tls.Certificate, alpn string) *tls.Config {
 		ClientAuth:             tls.RequireAnyClientCert,
 		NextProtos:             []string{alpn},
 		SessionTicketsDisabled: true,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if len(hello.SupportedProtos) > 0 && !slices.Contains(hello.SupportedProtos, alpn) {
-				return nil, fmt.Errorf("client from %v did not offer ALPN %q (offered %q)", hello.Conn.RemoteAddr(), alpn, hello.SupportedProtos)
-			}
-			return nil, nil
-		},
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
 			_, err := checkPeerCert(rawCerts, time.Now())
 			return err

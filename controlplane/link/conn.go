@@ -3,6 +3,7 @@ package link
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -29,11 +30,26 @@ type Conn struct {
 	rmu sync.Mutex
 	wmu sync.Mutex
 	cmu sync.Mutex
+
+	readLimit    int           // largest payload ReadMessage accepts
+	frameTimeout time.Duration // once a frame starts, the rest must arrive within it; 0: no extra bound
 }
 
-// NewConn wraps nc.
+// NewConn wraps nc. It reads frames of up to MaxFrameSize with no
+// per-frame deadline beyond ReadMessage's timeout; a server calls
+// LimitReads before the first read.
 func NewConn(nc net.Conn) *Conn {
-	return &Conn{nc: nc}
+	return &Conn{nc: nc, readLimit: MaxFrameSize}
+}
+
+// LimitReads bounds what ReadMessage accepts from the peer: payloads of at
+// most maxPayload bytes (MaxRequestSize on a server), and once the first
+// byte of a frame has arrived, the whole frame within frameTimeout instead
+// of ReadMessage's (idle) timeout. Call it before the first ReadMessage.
+func (c *Conn) LimitReads(maxPayload int, frameTimeout time.Duration) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.readLimit, c.frameTimeout = maxPayload, frameTimeout
 }
 
 // NetConn returns the underlying connection.
@@ -57,7 +73,7 @@ func (c *Conn) ReadMessage(timeout time.Duration) (string, Message, error) {
 	if err := c.nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return "", nil, fmt.Errorf("set pp-link read deadline: %w", err)
 	}
-	frame, err := ReadFrame(c.nc)
+	frame, err := c.readFrame(timeout)
 	if derr := c.nc.SetReadDeadline(time.Time{}); err == nil && derr != nil {
 		return "", nil, fmt.Errorf("clear pp-link read deadline: %w", derr)
 	}
@@ -65,6 +81,25 @@ func (c *Conn) ReadMessage(timeout time.Duration) (string, Message, error) {
 		return "", nil, err
 	}
 	return Decode(frame)
+}
+
+// readFrame reads one frame, the first byte within timeout and, with a
+// frame timeout set, the rest within that. Callers hold rmu.
+func (c *Conn) readFrame(timeout time.Duration) ([]byte, error) {
+	if c.frameTimeout <= 0 {
+		return ReadFrameLimit(c.nc, c.readLimit)
+	}
+	var first [1]byte
+	if _, err := io.ReadFull(c.nc, first[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, io.EOF
+		}
+		return nil, fmt.Errorf("read pp-link frame header: %w", err)
+	}
+	if err := c.nc.SetReadDeadline(time.Now().Add(min(c.frameTimeout, timeout))); err != nil {
+		return nil, fmt.Errorf("set pp-link frame deadline: %w", err)
+	}
+	return readFrameRest(c.nc, first[0], c.readLimit)
 }
 
 // WriteMessage encodes m with reqID and writes it as one frame within

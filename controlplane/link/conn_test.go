@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -293,4 +294,34 @@ func (d *deadlineRecorder) cleared() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.last[0].IsZero() && d.last[1].IsZero()
+}
+
+// TestConnLimitReads: with LimitReads a frame over the limit is refused,
+// and a frame whose first byte arrived must be complete within the frame
+// timeout, however long the idle timeout (issue 11, item 1).
+func TestConnLimitReads(t *testing.T) {
+	c, s := tcpPair(t)
+	sc := NewConn(s)
+	sc.LimitReads(MaxRequestSize, 200*time.Millisecond)
+	if _, err := c.Write(header(MaxRequestSize + 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := sc.ReadMessage(testTimeout); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("frame over the limit: err = %v, want ErrFrameTooLarge", err)
+	}
+
+	c, s = tcpPair(t)
+	sc = NewConn(s)
+	sc.LimitReads(MaxRequestSize, 200*time.Millisecond)
+	if _, err := c.Write(append(header(100), `{"request_id"`...)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, _, err := sc.ReadMessage(time.Hour)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stalled frame: err = %v, want a deadline error", err)
+	}
+	if el := time.Since(start); el > 30*time.Second {
+		t.Fatalf("stalled frame was allowed %v (frame timeout 200ms, idle 1h)", el)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -147,3 +148,59 @@ func TestReadFrameWrapsReaderError(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// dribbleReader yields a header declaring size bytes, then sent bytes of
+// payload, then err.
+type dribbleReader struct {
+	hdr  []byte
+	sent int
+	err  error
+}
+
+func (r *dribbleReader) Read(p []byte) (int, error) {
+	if len(r.hdr) > 0 {
+		n := copy(p, r.hdr)
+		r.hdr = r.hdr[n:]
+		return n, nil
+	}
+	if r.sent > 0 {
+		n := min(len(p), r.sent, 7)
+		r.sent -= n
+		return n, nil
+	}
+	return 0, r.err
+}
+
+// TestReadFrameMemoryFollowsBytesSent: a peer that declares a 1 MiB frame
+// and sends 100 bytes of it costs a buffer of the order of what it sent,
+// not the 1 MiB it declared (issue 11, item 1).
+func TestReadFrameMemoryFollowsBytesSent(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := ReadFrame(&dribbleReader{hdr: header(MaxFrameSize), sent: 100, err: io.EOF})
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v, want ErrUnexpectedEOF", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 16<<10 {
+		t.Fatalf("reading 100 bytes of a declared 1 MiB frame allocated %d bytes", got)
+	}
+}
+
+// TestReadFrameLimit: a reader's smaller limit refuses a larger declared
+// length before reading the payload, and a large frame within the limit
+// still arrives whole as it is grown piece by piece.
+func TestReadFrameLimit(t *testing.T) {
+	if _, err := ReadFrameLimit(&headerOnlyReader{t: t, hdr: header(MaxRequestSize + 1)}, MaxRequestSize); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("err = %v, want ErrFrameTooLarge", err)
+	}
+	payload := bytes.Repeat([]byte("0123456789"), MaxRequestSize/10)
+	got, err := ReadFrameLimit(&dribbleReader{hdr: header(uint32(len(payload))), sent: len(payload)}, MaxRequestSize)
+	if err != nil || len(got) != len(payload) {
+		t.Fatalf("got %d bytes, err %v; want %d", len(got), err, len(payload))
+	}
+	if _, err := ReadFrameLimit(bytes.NewReader(append(header(3), "{}}"...)), 0); err != nil {
+		t.Fatalf("limit 0 means MaxFrameSize: %v", err)
+	}
+}

@@ -114,6 +114,10 @@ const (
 	// CodePairingRequired answers anything but hello and pair_request from a
 	// peer that is allowed to pair but not yet paired.
 	CodePairingRequired = 403
+	// CodeTooManyConnections tells a peer, before the server closes, that
+	// one of its connection caps (per peer key, per address, pairing) is
+	// reached.
+	CodeTooManyConnections = 429
 )
 
 // TestState is the state of a test in a test_result extension message.

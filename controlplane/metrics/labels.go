@@ -44,10 +44,25 @@ const (
 	ConnHandshakeFailed ConnDenyReason = "handshake_failed"
 	// ConnDraining: the server is shutting down.
 	ConnDraining ConnDenyReason = "draining"
+	// ConnHandshakeAddrLimit: max_handshakes_per_addr in flight from the
+	// address.
+	ConnHandshakeAddrLimit ConnDenyReason = "handshake_addr_limit"
+	// ConnHandshakePrefixLimit: handshakes in flight from the /24 or /64.
+	ConnHandshakePrefixLimit ConnDenyReason = "handshake_prefix_limit"
+	// ConnHandshakeEarlyDrop: random early drop of an unknown address's
+	// handshake as the slots fill.
+	ConnHandshakeEarlyDrop ConnDenyReason = "handshake_early_drop"
+	// ConnPeerConnLimit: max_conns_per_peer open for the key.
+	ConnPeerConnLimit ConnDenyReason = "peer_conn_limit"
+	// ConnAddrConnLimit: max_conns_per_addr open from the address.
+	ConnAddrConnLimit ConnDenyReason = "addr_conn_limit"
+	// ConnPairingConnLimit: max_pairing_connections open.
+	ConnPairingConnLimit ConnDenyReason = "pairing_conn_limit"
 )
 
 var connDenyReasons = []ConnDenyReason{ConnNotAuthorized, ConnImpersonation, ConnBadCertificate, ConnAddrRateLimited,
-	ConnLimit, ConnHandshakeLimit, ConnHandshakeFailed, ConnDraining}
+	ConnLimit, ConnHandshakeLimit, ConnHandshakeFailed, ConnDraining,
+	ConnHandshakeAddrLimit, ConnHandshakePrefixLimit, ConnHandshakeEarlyDrop, ConnPeerConnLimit, ConnAddrConnLimit, ConnPairingConnLimit}
 
 // HandshakeFailure classifies a failed TLS handshake.
 type HandshakeFailure string
@@ -124,9 +139,11 @@ const (
 	PairingPaired   PairingKind = "paired"   // a peer paired with a valid token
 	PairingRejected PairingKind = "rejected" // a pair_request with a wrong or expired token
 	PairingRemoved  PairingKind = "removed"  // a peer was removed
+	PairingClosed   PairingKind = "closed"   // the pairing window closed (expired, consumed, too many failures, closed)
+	PairingAdded    PairingKind = "added"    // a peer was added by the operator
 )
 
-var pairingKinds = []PairingKind{PairingEnabled, PairingPaired, PairingRejected, PairingRemoved}
+var pairingKinds = []PairingKind{PairingEnabled, PairingPaired, PairingRejected, PairingRemoved, PairingClosed, PairingAdded}
 
 // AttachDenyReason says why a tunnel attach was refused.
 type AttachDenyReason string
@@ -180,6 +197,26 @@ const (
 )
 
 var dataConnRefusals = []DataConnRefusal{DataForeignSource, DataAlreadyClaimed}
+
+// QUICOutcome is what became of a QUIC handshake attempt. The refusal
+// outcomes are spelled as the server's refusal reasons, so
+// QUICHandshake(QUICOutcome(reason)) needs no mapping.
+type QUICOutcome string
+
+// QUIC handshake outcomes.
+const (
+	QUICCompleted            QUICOutcome = "completed"              // the handshake completed
+	QUICFailed               QUICOutcome = "failed"                 // admitted, did not complete (timeout, spoofed source)
+	QUICRetry                QUICOutcome = "retry"                  // answered with a Retry (source address validation under load)
+	QUICAddrRateLimited      QUICOutcome = "addr_rate_limited"      // new attempts per address
+	QUICHandshakeLimit       QUICOutcome = "handshake_limit"        // handshakes in flight overall
+	QUICHandshakeAddrLimit   QUICOutcome = "handshake_addr_limit"   // in flight from the address
+	QUICHandshakePrefixLimit QUICOutcome = "handshake_prefix_limit" // in flight from the /24 or /64
+	QUICHandshakeEarlyDrop   QUICOutcome = "handshake_early_drop"   // random early drop
+)
+
+var quicOutcomes = []QUICOutcome{QUICCompleted, QUICFailed, QUICRetry, QUICAddrRateLimited, QUICHandshakeLimit,
+	QUICHandshakeAddrLimit, QUICHandshakePrefixLimit, QUICHandshakeEarlyDrop}
 
 // norm returns v when it is in set, LabelOther otherwise.
 func norm[T ~string](v T, set []T) string {

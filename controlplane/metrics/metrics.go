@@ -42,6 +42,7 @@ type Metrics struct {
 	legacyDenied      *prometheus.CounterVec
 	dataRefused       *prometheus.CounterVec
 	sessionDuration   *prometheus.HistogramVec
+	quicHandshakes    *prometheus.CounterVec
 }
 
 // New returns the metrics on a fresh registry that also carries the build
@@ -102,6 +103,8 @@ func New(version, commit string) *Metrics {
 		Buckets: []float64{1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600},
 	}, []string{"test_type"})
 	reg.MustRegister(m.sessionDuration)
+	m.quicHandshakes = counterVec("quic_handshakes_total",
+		"QUIC handshakes on the tunnel's UDP port, by outcome: completed, failed, retry (source address validation asked for), or the limit that refused it.", "outcome")
 
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -152,6 +155,9 @@ func (m *Metrics) zero() {
 	}
 	for _, r := range withOther(dataConnRefusals) {
 		m.dataRefused.WithLabelValues(r)
+	}
+	for _, o := range withOther(quicOutcomes) {
+		m.quicHandshakes.WithLabelValues(o)
 	}
 }
 
@@ -315,4 +321,12 @@ func (m *Metrics) DataConnsRefused(reason DataConnRefusal, n int64) {
 		return
 	}
 	m.dataRefused.WithLabelValues(norm(reason, dataConnRefusals)).Add(float64(n))
+}
+
+// QUICHandshake counts a QUIC handshake attempt's outcome.
+func (m *Metrics) QUICHandshake(o QUICOutcome) {
+	if m == nil {
+		return
+	}
+	m.quicHandshakes.WithLabelValues(norm(o, quicOutcomes)).Inc()
 }

@@ -52,6 +52,7 @@ func exercise(m *Metrics) {
 	m.EchoRateDropped(3)
 	m.TunnelAttachDenied(AttachBadToken)
 	m.RateLimited(LimitFrames)
+	m.QUICHandshake(QUICRetry)
 }
 
 func TestCountersMove(t *testing.T) {
@@ -79,6 +80,7 @@ func TestCountersMove(t *testing.T) {
 		{"echo dropped", testutil.ToFloat64(m.echoDropped), 3},
 		{"attach bad_token", testutil.ToFloat64(m.attachDenied.WithLabelValues("bad_token")), 1},
 		{"rate limited frames", testutil.ToFloat64(m.rateLimited.WithLabelValues("frames")), 1},
+		{"quic retry", testutil.ToFloat64(m.quicHandshakes.WithLabelValues("retry")), 1},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -9,6 +9,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -18,8 +19,15 @@ const (
 	// MinTTL and MaxTTL bound how long a window may stay open.
 	MinTTL = time.Second
 	MaxTTL = 24 * time.Hour
-	// MaxFailures wrong tokens close the window.
-	MaxFailures = 5
+	// MaxFailures wrong tokens, from all sources together, close the
+	// window: a high ceiling, since the token space (80 bits) makes
+	// guessing hopeless and a low one would let anyone close it.
+	MaxFailures = 1000
+	// MaxFailuresPerAddr and MaxFailuresPerKey wrong tokens refuse any
+	// further attempt of that source address or peer key for the rest of
+	// the window (ErrSourceLimited); the window stays open for others.
+	MaxFailuresPerAddr = 5
+	MaxFailuresPerKey  = 3
 	// TokenSymbols is the number of Crockford base32 symbols in a token
 	// (80 bits), shown in groups of four.
 	TokenSymbols = 16
@@ -31,6 +39,9 @@ const (
 )
 
 var (
+	// ErrConsumed is the OnClose reason of a window whose token paired a
+	// peer; Redeem then reports ErrNoWindow.
+	ErrConsumed = errors.New("pairing token used")
 	// ErrNoWindow: no pairing window is open (never opened, closed, or
 	// its token was already used).
 	ErrNoWindow = errors.New("no pairing window is open")
@@ -41,9 +52,19 @@ var (
 	// ErrTooManyFailures: the window was closed after MaxFailures wrong
 	// tokens.
 	ErrTooManyFailures = errors.New("pairing window closed after too many wrong tokens")
+	// ErrSourceLimited: this source address or key sent too many wrong
+	// tokens; its attempts are refused until the next window.
+	ErrSourceLimited = errors.New("too many wrong pairing tokens from this source")
 	// ErrTTL: Open was given a duration outside MinTTL..MaxTTL.
 	ErrTTL = errors.New("pairing window duration out of range")
 )
+
+// Source identifies who presents a token: the connection's address and
+// the peer's key (its Endpoint ID).
+type Source struct {
+	Addr netip.Addr
+	Key  string
+}
 
 // Manager holds at most one pairing window. It is safe for concurrent use.
 type Manager struct {
@@ -53,7 +74,21 @@ type Manager struct {
 	token    []byte    // normalised symbols; nil when no window is open
 	expires  time.Time // when token stops being valid
 	failures int
+	byAddr   map[netip.Addr]int // wrong tokens per source in this window
+	byKey    map[string]int
 	closed   error // what Redeem reports while no window is open
+	timer    *time.Timer
+	onClose  func(reason error)
+}
+
+// OnClose registers f, called once each time an open window closes, with
+// the reason: ErrExpired, ErrTooManyFailures, ErrConsumed (a peer paired)
+// or ErrNoWindow (Close). It runs outside the Manager's lock and must be
+// safe for concurrent use.
+func (m *Manager) OnClose(f func(reason error)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onClose = f
 }
 
 // NewManager returns a Manager with no open window. now is the clock; nil
@@ -62,7 +97,7 @@ func NewManager(now func() time.Time) *Manager {
 	if now == nil {
 		now = time.Now
 	}
-	return &Manager{now: now, closed: ErrNoWindow}
+	return &Manager{now: now, closed: ErrNoWindow, byAddr: map[netip.Addr]int{}, byKey: map[string]int{}}
 }
 
 // Open starts a new window lasting ttl, replacing any open one, and returns
@@ -78,11 +113,34 @@ func (m *Manager) Open(ttl time.Duration) (token string, expires time.Time, err 
 	sym := encode(raw)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closeLocked(ErrNoWindow) // a replaced window closes silently: a new one opens at once
 	m.token = sym
 	m.expires = m.now().Add(ttl)
-	m.failures = 0
-	m.closed = ErrNoWindow
+	m.timer = time.AfterFunc(ttl, m.checkExpiry)
 	return format(sym), m.expires, nil
+}
+
+// checkExpiry closes the window when its time ran out (the timer armed by
+// Open; Active and Redeem also check).
+func (m *Manager) checkExpiry() {
+	m.mu.Lock()
+	closed := m.expireLocked()
+	m.mu.Unlock()
+	m.notify(closed)
+}
+
+// notify calls the OnClose function for a window that closed (reason not
+// nil).
+func (m *Manager) notify(reason error) {
+	if reason == nil {
+		return
+	}
+	m.mu.Lock()
+	f := m.onClose
+	m.mu.Unlock()
+	if f != nil {
+		f(reason)
+	}
 }
 
 // encode renders bytes as Crockford base32 symbols, 5 bits at a time, most
@@ -144,71 +202,106 @@ func normalize(s string) (out []byte, ok bool) {
 	return out, true
 }
 
-// expireLocked closes the window if its time ran out. Callers hold mu.
-func (m *Manager) expireLocked() {
+// expireLocked closes the window if its time ran out and returns
+// ErrExpired when it did. Callers hold mu.
+func (m *Manager) expireLocked() error {
 	if m.token != nil && !m.now().Before(m.expires) {
 		m.closeLocked(ErrExpired)
+		return ErrExpired
 	}
+	return nil
 }
 
+// closeLocked ends the window (if any) and forgets its counters; Redeem
+// reports reason from now on (ErrNoWindow for a consumed token).
 func (m *Manager) closeLocked(reason error) {
+	if errors.Is(reason, ErrConsumed) {
+		reason = ErrNoWindow
+	}
 	m.token = nil
 	m.failures = 0
+	m.byAddr, m.byKey = map[netip.Addr]int{}, map[string]int{}
 	m.closed = reason
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
 }
 
 // Active reports whether a window is open and when it expires.
 func (m *Manager) Active() (open bool, expires time.Time) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.expireLocked()
-	if m.token == nil {
+	closed := m.expireLocked()
+	open, expires = m.token != nil, m.expires
+	m.mu.Unlock()
+	m.notify(closed)
+	if !open {
 		return false, time.Time{}
 	}
-	return true, m.expires
+	return true, expires
 }
 
 // Redeem checks token against the open window and, when it matches, closes
 // the window: a token pairs one peer. It returns ErrNoWindow, ErrExpired or
-// ErrTooManyFailures when no window is open, and ErrBadToken for a wrong
-// token; the MaxFailures-th wrong token closes the window and returns
-// ErrTooManyFailures.
-func (m *Manager) Redeem(token string) error {
-	return m.RedeemWith(token, nil)
+// ErrTooManyFailures when no window is open, ErrSourceLimited for a source
+// that already sent too many wrong tokens, and ErrBadToken for a wrong
+// token; the MaxFailures-th wrong token overall closes the window and
+// returns ErrTooManyFailures.
+func (m *Manager) Redeem(token string, src Source) error {
+	return m.RedeemWith(token, src, nil)
 }
 
 // RedeemWith is Redeem that also runs commit (e.g. adding the peer to the
 // allowlist) while holding the window, so that the token is consumed only
 // when commit succeeds. When commit fails, its error is returned wrapped
 // and the window stays open with its token. A nil commit always succeeds.
-func (m *Manager) RedeemWith(token string, commit func() error) error {
+func (m *Manager) RedeemWith(token string, src Source, commit func() error) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.expireLocked()
+	err, closed := m.redeemLocked(token, src, commit)
+	m.mu.Unlock()
+	m.notify(closed)
+	return err
+}
+
+// redeemLocked is RedeemWith under mu; closed is the reason the window
+// closed, if it did.
+func (m *Manager) redeemLocked(token string, src Source, commit func() error) (err, closed error) {
+	if closed := m.expireLocked(); closed != nil {
+		return closed, closed
+	}
 	if m.token == nil {
-		return m.closed
+		return m.closed, nil
+	}
+	if m.byAddr[src.Addr] >= MaxFailuresPerAddr || m.byKey[src.Key] >= MaxFailuresPerKey {
+		return ErrSourceLimited, nil
 	}
 	got, ok := normalize(token)
 	if !ok || subtle.ConstantTimeCompare(got, m.token) != 1 {
 		m.failures++
+		m.byAddr[src.Addr]++
+		m.byKey[src.Key]++
 		if m.failures >= MaxFailures {
 			m.closeLocked(ErrTooManyFailures)
-			return ErrTooManyFailures
+			return ErrTooManyFailures, ErrTooManyFailures
 		}
-		return ErrBadToken
+		return ErrBadToken, nil
 	}
 	if commit != nil {
 		if err := commit(); err != nil {
-			return fmt.Errorf("pairing: %w", err)
+			return fmt.Errorf("pairing: %w", err), nil
 		}
 	}
-	m.closeLocked(ErrNoWindow)
-	return nil
+	m.closeLocked(ErrConsumed)
+	return nil, ErrConsumed
 }
 
 // Close ends the open window, if any.
 func (m *Manager) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	wasOpen := m.token != nil
 	m.closeLocked(ErrNoWindow)
+	m.mu.Unlock()
+	if wasOpen {
+		m.notify(ErrNoWindow)
+	}
 }

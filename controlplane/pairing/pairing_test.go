@@ -2,6 +2,8 @@ package pairing
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 	"sync"
@@ -92,14 +94,14 @@ func TestTTLBounds(t *testing.T) {
 
 func TestRedeemOnce(t *testing.T) {
 	m, _ := newTest(t)
-	if err := m.Redeem("ABCD-EFGH-JKMN-PQRS"); !errors.Is(err, ErrNoWindow) {
+	if err := m.Redeem("ABCD-EFGH-JKMN-PQRS", src0); !errors.Is(err, ErrNoWindow) {
 		t.Fatalf("Redeem without a window = %v, want ErrNoWindow", err)
 	}
 	tok := open(t, m, time.Minute)
-	if err := m.Redeem(tok); err != nil {
+	if err := m.Redeem(tok, src0); err != nil {
 		t.Fatalf("Redeem(%q) = %v", tok, err)
 	}
-	if err := m.Redeem(tok); !errors.Is(err, ErrNoWindow) {
+	if err := m.Redeem(tok, src0); !errors.Is(err, ErrNoWindow) {
 		t.Fatalf("reused token = %v, want ErrNoWindow", err)
 	}
 	if open, _ := m.Active(); open {
@@ -118,7 +120,7 @@ func TestRedeemNormalises(t *testing.T) {
 	for i, f := range typed {
 		m, _ := newTest(t)
 		tok := open(t, m, time.Minute)
-		if err := m.Redeem(f(tok)); err != nil {
+		if err := m.Redeem(f(tok), src0); err != nil {
 			t.Errorf("variant %d: Redeem(%q) for token %q = %v", i, f(tok), tok, err)
 		}
 	}
@@ -157,12 +159,12 @@ func TestExpiry(t *testing.T) {
 	if open, _ := m.Active(); open {
 		t.Fatal("window open at its expiry time")
 	}
-	if err := m.Redeem(tok); !errors.Is(err, ErrExpired) {
+	if err := m.Redeem(tok, src0); !errors.Is(err, ErrExpired) {
 		t.Fatalf("Redeem after expiry = %v, want ErrExpired", err)
 	}
 	// A new window works again.
 	tok = open(t, m, 10*time.Second)
-	if err := m.Redeem(tok); err != nil {
+	if err := m.Redeem(tok, src0); err != nil {
 		t.Fatalf("Redeem in a new window = %v", err)
 	}
 }
@@ -172,17 +174,17 @@ func TestWrongTokensCloseWindow(t *testing.T) {
 	tok := open(t, m, time.Minute)
 	wrong := []string{"0000-0000-0000-0000", "not a token!", "", strings.Repeat("Z", 200)}
 	for i := range MaxFailures - 1 {
-		if err := m.Redeem(wrong[i%len(wrong)]); !errors.Is(err, ErrBadToken) {
+		if err := m.Redeem(wrong[i%len(wrong)], srcN(i)); !errors.Is(err, ErrBadToken) {
 			t.Fatalf("wrong token %d = %v, want ErrBadToken", i, err)
 		}
 	}
 	if open, _ := m.Active(); !open {
 		t.Fatal("window closed before MaxFailures")
 	}
-	if err := m.Redeem("0000-0000-0000-0000"); !errors.Is(err, ErrTooManyFailures) {
+	if err := m.Redeem("0000-0000-0000-0000", srcN(MaxFailures)); !errors.Is(err, ErrTooManyFailures) {
 		t.Fatalf("failure %d = %v, want ErrTooManyFailures", MaxFailures, err)
 	}
-	if err := m.Redeem(tok); !errors.Is(err, ErrTooManyFailures) {
+	if err := m.Redeem(tok, src0); !errors.Is(err, ErrTooManyFailures) {
 		t.Fatalf("right token after lockout = %v, want ErrTooManyFailures", err)
 	}
 	if open, _ := m.Active(); open {
@@ -190,10 +192,10 @@ func TestWrongTokensCloseWindow(t *testing.T) {
 	}
 	// A new window starts with a clean count.
 	tok = open(t, m, time.Minute)
-	for range MaxFailures - 1 {
-		_ = m.Redeem("0000")
+	for i := range MaxFailures - 1 {
+		_ = m.Redeem("0000", srcN(i))
 	}
-	if err := m.Redeem(tok); err != nil {
+	if err := m.Redeem(tok, src0); err != nil {
 		t.Fatalf("right token after %d failures = %v", MaxFailures-1, err)
 	}
 }
@@ -202,11 +204,11 @@ func TestOpenReplacesAndClose(t *testing.T) {
 	m, _ := newTest(t)
 	old := open(t, m, time.Minute)
 	tok := open(t, m, time.Minute)
-	if err := m.Redeem(old); !errors.Is(err, ErrBadToken) {
+	if err := m.Redeem(old, src0); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("replaced token = %v, want ErrBadToken", err)
 	}
 	m.Close()
-	if err := m.Redeem(tok); !errors.Is(err, ErrNoWindow) {
+	if err := m.Redeem(tok, src0); !errors.Is(err, ErrNoWindow) {
 		t.Fatalf("Redeem after Close = %v, want ErrNoWindow", err)
 	}
 }
@@ -216,19 +218,19 @@ func TestRedeemWithCommit(t *testing.T) {
 	tok := open(t, m, time.Minute)
 	calls := 0
 	boom := errors.New("disk full")
-	if err := m.RedeemWith("0000-0000-0000-0000", func() error { calls++; return nil }); !errors.Is(err, ErrBadToken) || calls != 0 {
+	if err := m.RedeemWith("0000-0000-0000-0000", src0, func() error { calls++; return nil }); !errors.Is(err, ErrBadToken) || calls != 0 {
 		t.Fatalf("wrong token: err %v, commit ran %d times", err, calls)
 	}
-	if err := m.RedeemWith(tok, func() error { calls++; return boom }); !errors.Is(err, boom) {
+	if err := m.RedeemWith(tok, src0, func() error { calls++; return boom }); !errors.Is(err, boom) {
 		t.Fatalf("failing commit = %v, want it wrapped", err)
 	}
 	if open, _ := m.Active(); !open {
 		t.Fatal("failed commit closed the window")
 	}
-	if err := m.RedeemWith(tok, func() error { calls++; return nil }); err != nil || calls != 2 {
+	if err := m.RedeemWith(tok, src0, func() error { calls++; return nil }); err != nil || calls != 2 {
 		t.Fatalf("RedeemWith = %v after %d commits", err, calls)
 	}
-	if err := m.Redeem(tok); !errors.Is(err, ErrNoWindow) {
+	if err := m.Redeem(tok, src0); !errors.Is(err, ErrNoWindow) {
 		t.Fatalf("token after commit = %v, want ErrNoWindow", err)
 	}
 }
@@ -243,7 +245,7 @@ func TestConcurrentRedeem(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- m.Redeem(tok)
+			errs <- m.Redeem(tok, src0)
 		}()
 	}
 	wg.Wait()
@@ -280,7 +282,7 @@ func FuzzRedeem(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = m.Redeem(s)
+		err = m.Redeem(s, src0)
 		if err == nil {
 			if string(norm) != strings.ReplaceAll(tok, "-", "") {
 				t.Fatalf("Redeem(%q) accepted for token %q", s, tok)
@@ -289,4 +291,100 @@ func FuzzRedeem(f *testing.F) {
 			t.Fatalf("Redeem(%q) = %v", s, err)
 		}
 	})
+}
+
+var src0 = Source{Addr: netip.MustParseAddr("192.0.2.1"), Key: "PP-KEY-0"}
+
+// srcN is the n-th of many distinct sources (address and key).
+func srcN(n int) Source {
+	return Source{Addr: netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), Key: fmt.Sprint("PP-KEY-", n)}
+}
+
+// TestWrongTokensLimitedPerSource: a few wrong tokens lock out their
+// source address or key for the rest of the window, and the window stays
+// open for everyone else: five wrong tokens no longer close it (issue 11,
+// item 8).
+func TestWrongTokensLimitedPerSource(t *testing.T) {
+	m, _ := newTest(t)
+	tok := open(t, m, time.Minute)
+	for i := range MaxFailuresPerAddr {
+		src := Source{Addr: src0.Addr, Key: fmt.Sprint("rotating-", i)}
+		if err := m.Redeem("0000-0000-0000-0000", src); !errors.Is(err, ErrBadToken) {
+			t.Fatalf("wrong token %d from one address = %v, want ErrBadToken", i, err)
+		}
+	}
+	if err := m.Redeem(tok, Source{Addr: src0.Addr, Key: "fresh"}); !errors.Is(err, ErrSourceLimited) {
+		t.Fatalf("address over its limit = %v, want ErrSourceLimited", err)
+	}
+	key := "PP-ROAMING"
+	for i := range MaxFailuresPerKey {
+		src := Source{Addr: netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), Key: key}
+		if err := m.Redeem("1111", src); !errors.Is(err, ErrBadToken) {
+			t.Fatalf("wrong token %d from one key = %v, want ErrBadToken", i, err)
+		}
+	}
+	if err := m.Redeem(tok, Source{Addr: netip.MustParseAddr("203.0.113.9"), Key: key}); !errors.Is(err, ErrSourceLimited) {
+		t.Fatalf("key over its limit = %v, want ErrSourceLimited", err)
+	}
+	if open, _ := m.Active(); !open {
+		t.Fatal("wrong tokens from two sources closed the window")
+	}
+	if err := m.Redeem(tok, srcN(7)); err != nil {
+		t.Fatalf("another source with the right token = %v", err)
+	}
+}
+
+// TestOnClose: every way a window closes is reported once with its reason;
+// a window replaced by a new one is not.
+func TestOnClose(t *testing.T) {
+	m, clock := newTest(t)
+	var mu sync.Mutex
+	var got []error
+	m.OnClose(func(r error) { mu.Lock(); got = append(got, r); mu.Unlock() })
+	tok := open(t, m, time.Minute)
+	open(t, m, time.Minute) // replaces tok's window: no close
+	_ = tok
+	m.Close()
+	tok = open(t, m, time.Minute)
+	if err := m.Redeem(tok, src0); err != nil {
+		t.Fatal(err)
+	}
+	open(t, m, time.Minute)
+	clock.advance(2 * time.Minute)
+	m.Active()
+	m.Active()
+	open(t, m, time.Minute)
+	for i := range MaxFailures {
+		_ = m.Redeem("0000", srcN(i))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []error{ErrNoWindow, ErrConsumed, ErrExpired, ErrTooManyFailures}
+	if len(got) != len(want) {
+		t.Fatalf("OnClose reasons %v, want %v", got, want)
+	}
+	for i := range want {
+		if !errors.Is(got[i], want[i]) {
+			t.Fatalf("OnClose reasons %v, want %v", got, want)
+		}
+	}
+}
+
+// TestExpiryTimerCloses: an expired window is closed (and reported) by its
+// timer, without anyone asking.
+func TestExpiryTimerCloses(t *testing.T) {
+	m := NewManager(nil)
+	closed := make(chan error, 1)
+	m.OnClose(func(r error) { closed <- r })
+	if _, _, err := m.Open(MinTTL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-closed:
+		if !errors.Is(r, ErrExpired) {
+			t.Fatalf("reason %v, want ErrExpired", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the expiry timer never closed the window")
+	}
 }

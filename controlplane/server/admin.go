@@ -79,6 +79,8 @@ func (s *Server) handleAdmin(_ context.Context, req admin.Request) (any, error) 
 			return nil, err
 		}
 		if added {
+			s.metrics.PairingEvent(metrics.PairingAdded)
+			s.writeAudit(s.log, audit.Event{EventType: audit.PeerAdded, PeerID: id.String(), Decision: "added", Reason: "admin", Details: map[string]any{"note": req.Note}})
 			s.log.Info().Str("peer_id", id.String()).Msg("peer added by the operator")
 		}
 		return admin.PeersAddResult{Added: added}, nil

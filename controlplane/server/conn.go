@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -21,6 +22,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/peers"
 	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
+	"github.com/packetparamedic/reflector/internal/ratelimit"
 )
 
 // Audit reasons of connection_denied.
@@ -38,10 +40,11 @@ type serverConn struct {
 	log      zerolog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
-	pairing  bool // allowed only to pair (not yet authorized)
-	attached bool // handed to Sessions.Attach: a tunnel, not a control connection
+	pairing  atomic.Bool // allowed only to pair (not yet authorized)
+	attached bool        // handed to Sessions.Attach: a tunnel, not a control connection
 	frames   int
-	bucket   tokenBucket
+	bucket   *ratelimit.Bucket
+	lifetime *time.Timer // ends a pairing-only connection; nil otherwise
 	closeOne sync.Once
 }
 
@@ -73,7 +76,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 		}
 		backoff = 0
 		addr := addrPort(nc.RemoteAddr())
-		if !s.limiter.allow(addr.Addr(), time.Now()) {
+		if !s.limiter.Allow(addr.Addr()) {
 			s.stats.addrLimited.Add(1)
 			s.metrics.ConnDenied(metrics.ConnAddrRateLimited)
 			s.metrics.RateLimited(metrics.LimitNewConns)
@@ -81,40 +84,53 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			_ = nc.Close()
 			continue
 		}
-		s.mu.Lock()
-		switch {
-		case s.shutdown:
-			s.mu.Unlock()
-			s.metrics.ConnDenied(metrics.ConnDraining)
+		if !s.admitConn(nc, addr) {
 			_ = nc.Close()
-			return
-		case s.active >= s.cfg.Limits.MaxControlConnections:
-			s.mu.Unlock()
-			s.stats.connLimit.Add(1)
-			s.metrics.ConnDenied(metrics.ConnLimit)
-			s.denials.drop(addr.Addr(), ReasonConnLimit, s.now())
-			_ = nc.Close()
-			continue
-		case s.handshake >= s.cfg.Limits.MaxHandshakes:
-			s.mu.Unlock()
-			s.stats.hsLimit.Add(1)
-			s.metrics.ConnDenied(metrics.ConnHandshakeLimit)
-			s.denials.drop(addr.Addr(), ReasonHandshakeLimit, s.now())
-			_ = nc.Close()
-			continue
 		}
-		s.active++
-		s.handshake++
-		s.nextID++
-		id := s.nextID
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serve(nc, id, addr)
 	}
 }
 
+// admitConn takes a connection and a handshake slot for a new connection
+// and starts serving it, or counts the refusal and returns false.
+func (s *Server) admitConn(nc net.Conn, addr netip.AddrPort) bool {
+	now := s.now()
+	known := s.admit.isKnown(addr.Addr(), now)
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		s.metrics.ConnDenied(metrics.ConnDraining)
+		return false
+	}
+	if s.active >= s.limits.MaxControlConnections {
+		s.mu.Unlock()
+		s.stats.connLimit.Add(1)
+		s.metrics.ConnDenied(metrics.ConnLimit)
+		s.denials.drop(addr.Addr(), ReasonConnLimit, now)
+		return false
+	}
+	reason, ok := s.admit.startHandshake(addr.Addr(), known)
+	if !ok {
+		s.mu.Unlock()
+		s.stats.hsLimit.Add(1)
+		s.metrics.ConnDenied(metrics.ConnDenyReason(reason))
+		s.denials.drop(addr.Addr(), reason, now)
+		return false
+	}
+	s.active++
+	s.nextID++
+	id := s.nextID
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.serve(nc, id, addr, known)
+	return true
+}
+
 func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
+	switch ta := a.(type) {
+	case *net.TCPAddr:
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case *net.UDPAddr:
 		ap := ta.AddrPort()
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
@@ -122,32 +138,37 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
+// clientHelloArrived is the TLS configuration's GetConfigForClient: the
+// ClientHello is in, so the short deadline set for it is lifted (the
+// handshake's own timeout still bounds the rest).
+func clientHelloArrived(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	if hello.Conn != nil {
+		_ = hello.Conn.SetReadDeadline(time.Time{})
+	}
+	return nil, nil
+}
+
 // serve runs one connection from the TLS handshake to its close.
-func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
-	handshaking := true
+func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort, known bool) {
+	hsOpen := true
+	endHandshake := func(authorized bool) {
+		if hsOpen {
+			hsOpen = false
+			s.admit.endHandshake(addr.Addr(), known, authorized, s.now())
+		}
+	}
 	defer func() {
 		_ = nc.Close()
+		endHandshake(false)
 		s.mu.Lock()
 		s.active--
-		if handshaking {
-			s.handshake--
-		}
 		delete(s.conns, connID)
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
 	log := s.log.With().Uint64("conn", connID).Str("peer_addr", addr.String()).Logger()
 
-	// BatchConn: an attached tunnel connection sends its TLS records in
-	// large writes (see dataplane/tunnel).
-	tc := tls.Server(tunnel.NewBatchConn(nc), s.tlsConf)
-	hctx, hcancel := context.WithTimeout(s.ctx, s.handshakeTimeout)
-	err := tc.HandshakeContext(hctx)
-	hcancel()
-	s.mu.Lock()
-	s.handshake--
-	handshaking = false
-	s.mu.Unlock()
+	tc, err := s.handshake(nc)
 	if err != nil {
 		s.stats.hsFailed.Add(1)
 		s.metrics.HandshakeFailed(metrics.ClassifyHandshake(err))
@@ -156,43 +177,17 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 		log.Debug().Err(err).Msg("TLS handshake failed")
 		return
 	}
-	peerCerts := tc.ConnectionState().PeerCertificates
-	if len(peerCerts) == 0 {
-		s.stats.hsFailed.Add(1)
-		s.metrics.HandshakeFailed(metrics.HandshakeNoClientCert)
-		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
-		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
+	id, pairingOnly, ok := s.admitPeer(tc, addr, &log, endHandshake)
+	if !ok {
 		return
 	}
-	id, err := identity.PeerID(peerCerts[0])
-	if err != nil {
-		s.stats.denied.Add(1)
-		ev := audit.Event{EventType: audit.ConnectionDenied, PeerAddr: addr.String(), Decision: "denied", Reason: ReasonBadCertificate}
-		var san *identity.SANMismatchError
-		if errors.As(err, &san) {
-			ev.Reason = ReasonImpersonation
-			ev.PeerID = san.Actual.String()
-			ev.Details = map[string]any{"claimed_id": san.Claimed, "key_id": san.Actual.String()}
+	c := s.newServerConn(tc, nc, connID, addr, id, log, pairingOnly)
+	defer func() {
+		s.admit.endConn(id, addr.Addr(), c.pairing.Load())
+		if c.lifetime != nil {
+			c.lifetime.Stop()
 		}
-		s.metrics.ConnDenied(metrics.ConnDenyReason(ev.Reason))
-		s.auditDenial(log, addr, ev)
-		log.Warn().Err(err).Str("reason", ev.Reason).Msg("connection denied")
-		return
-	}
-	log = log.With().Str("peer_id", id.String()).Logger()
-
-	authorized := s.peers.Contains(id)
-	pairingOnly := false
-	if !authorized {
-		if open, _ := s.pairing.Active(); !open {
-			s.stats.denied.Add(1)
-			s.metrics.ConnDenied(metrics.ConnNotAuthorized)
-			s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: ReasonNotAuthorized})
-			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
-			return
-		}
-		pairingOnly = true
-	}
+	}()
 	s.stats.accepted.Add(1)
 	s.metrics.ConnAccepted()
 	ev := audit.Event{EventType: audit.ConnectionAccepted, PeerID: id.String(), PeerAddr: addr.String(), Decision: "accepted"}
@@ -200,18 +195,6 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 		ev.Decision, ev.Reason = "pairing_only", "pairing window open"
 	}
 	s.writeAudit(log, ev)
-
-	ctx, cancel := context.WithCancel(s.ctx)
-	c := &serverConn{
-		peer:    PeerInfo{ID: id, Addr: addr, ConnID: connID},
-		raw:     nc,
-		lc:      link.NewConn(tc),
-		log:     log,
-		ctx:     ctx,
-		cancel:  cancel,
-		pairing: pairingOnly,
-		bucket:  newTokenBucket(s.cfg.Limits.MaxFramesPerSec),
-	}
 	defer c.close()
 	s.mu.Lock()
 	if s.shutdown {
@@ -220,14 +203,166 @@ func (s *Server) serve(nc net.Conn, connID uint64, addr netip.AddrPort) {
 	}
 	s.conns[connID] = c
 	s.mu.Unlock()
-	// A removal between Contains and the registration above is caught here.
-	if !pairingOnly && !s.peers.Contains(id) {
+	// A removal between Contains and the registration above, or the
+	// pairing window closing, is caught here.
+	if pairingOnly {
+		if open, _ := s.pairing.Active(); !open {
+			return
+		}
+	} else if !s.peers.Contains(id) {
 		return
 	}
 	log.Debug().Bool("pairing_only", pairingOnly).Msg("connection accepted")
 	s.loop(c)
-	if !c.pairing && !c.attached {
+	if !c.pairing.Load() && !c.attached {
 		s.sessions.PeerGone(c.peer)
+	}
+}
+
+// admitPeer identifies the peer of a completed handshake (adding its ID to
+// log) and decides: authorized, allowed only to pair, or refused (audited,
+// counted, told why; ok false). It ends the handshake's slot, marking the
+// address known for an authorized peer, and takes a connection slot.
+func (s *Server) admitPeer(tc *tls.Conn, addr netip.AddrPort, log *zerolog.Logger, endHandshake func(authorized bool)) (id identity.EndpointID, pairingOnly, ok bool) {
+	peerCerts := tc.ConnectionState().PeerCertificates
+	if len(peerCerts) == 0 {
+		s.stats.hsFailed.Add(1)
+		s.metrics.HandshakeFailed(metrics.HandshakeNoClientCert)
+		s.metrics.ConnDenied(metrics.ConnHandshakeFailed)
+		s.denials.drop(addr.Addr(), ReasonHandshakeFailed, s.now())
+		return "", false, false
+	}
+	id, err := identity.PeerID(peerCerts[0])
+	if err != nil {
+		s.denyBadCert(*log, addr, err)
+		return "", false, false
+	}
+	*log = log.With().Str("peer_id", id.String()).Logger()
+	authorized := s.peers.Contains(id)
+	endHandshake(authorized)
+	if !authorized {
+		if open, _ := s.pairing.Active(); !open {
+			s.deny(*log, tc, addr, id, ReasonNotAuthorized, metrics.ConnNotAuthorized, s.notAuthorizedError())
+			log.Info().Msg("connection denied: peer not authorized and no pairing window open")
+			return "", false, false
+		}
+		pairingOnly = true
+	}
+	if reason, ok := s.admit.startConn(id, addr.Addr(), pairingOnly); !ok {
+		s.stats.sourceCap.Add(1)
+		s.deny(*log, tc, addr, id, reason, metrics.ConnDenyReason(reason), &link.Error{Code: link.CodeTooManyConnections, Message: "too many connections (" + reason + "): close some and retry"})
+		return "", false, false
+	}
+	return id, pairingOnly, true
+}
+
+// handshake runs the server side of TLS on nc: the ClientHello must start
+// within clientHelloTimeout, the whole handshake within the handshake
+// timeout.
+func (s *Server) handshake(nc net.Conn) (*tls.Conn, error) {
+	if err := nc.SetReadDeadline(time.Now().Add(clientHelloTimeout)); err != nil {
+		return nil, err
+	}
+	// BatchConn: an attached tunnel connection sends its TLS records in
+	// large writes (see dataplane/tunnel).
+	tc := tls.Server(tunnel.NewBatchConn(nc), s.tlsConf)
+	hctx, hcancel := context.WithTimeout(s.ctx, s.handshakeTimeout)
+	defer hcancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// newServerConn builds the state of an accepted connection. A pairing-only
+// connection ends after pairingConnLifetime or when the window expires,
+// whichever comes first.
+func (s *Server) newServerConn(tc *tls.Conn, nc net.Conn, connID uint64, addr netip.AddrPort, id identity.EndpointID, log zerolog.Logger, pairingOnly bool) *serverConn {
+	ctx, cancel := context.WithCancel(s.ctx)
+	lc := link.NewConn(tc)
+	lc.LimitReads(link.MaxRequestSize, frameTimeout)
+	c := &serverConn{
+		peer:   PeerInfo{ID: id, Addr: addr, ConnID: connID},
+		raw:    nc,
+		lc:     lc,
+		log:    log,
+		ctx:    ctx,
+		cancel: cancel,
+		bucket: ratelimit.NewBucket(s.limits.MaxFramesPerSec, s.limits.MaxFramesPerSec, time.Now()),
+	}
+	if pairingOnly {
+		c.pairing.Store(true)
+		life := pairingConnLifetime
+		if _, exp := s.pairing.Active(); !exp.IsZero() {
+			life = min(life, exp.Sub(s.now()))
+		}
+		c.lifetime = time.AfterFunc(max(life, 0), c.close)
+	}
+	return c
+}
+
+// denyBadCert refuses a certificate that gives no Endpoint ID, auditing
+// an impersonation (SAN naming an ID the key does not have) as such.
+func (s *Server) denyBadCert(log zerolog.Logger, addr netip.AddrPort, err error) {
+	s.stats.denied.Add(1)
+	ev := audit.Event{EventType: audit.ConnectionDenied, PeerAddr: addr.String(), Decision: "denied", Reason: ReasonBadCertificate}
+	var san *identity.SANMismatchError
+	if errors.As(err, &san) {
+		ev.Reason = ReasonImpersonation
+		ev.PeerID = san.Actual.String()
+		ev.Details = map[string]any{"claimed_id": san.Claimed, "key_id": san.Actual.String()}
+	}
+	s.metrics.ConnDenied(metrics.ConnDenyReason(ev.Reason))
+	s.auditDenial(log, addr, ev)
+	log.Warn().Err(err).Str("reason", ev.Reason).Msg("connection denied")
+}
+
+// deny refuses an identified peer: audited (aggregated per source),
+// counted, and told why in one pp-link error frame before the close, so
+// any client can show the reason.
+func (s *Server) deny(log zerolog.Logger, tc *tls.Conn, addr netip.AddrPort, id identity.EndpointID, reason string, m metrics.ConnDenyReason, why *link.Error) {
+	s.stats.denied.Add(1)
+	s.metrics.ConnDenied(m)
+	s.auditDenial(log, addr, audit.Event{EventType: audit.ConnectionDenied, PeerID: id.String(), PeerAddr: addr.String(), Decision: "denied", Reason: reason})
+	// The frame carries request_id "init-0", the id of the appliance's
+	// (and our client's) hello, so a client that matches replies to
+	// requests takes it as the answer to its hello. It is sent at once,
+	// then the connection is closed lingering, so the client reads it
+	// instead of a reset.
+	if err := link.NewConn(tc).WriteMessage("init-0", why, denyTimeout); err != nil {
+		log.Debug().Err(err).Msg("could not send the refusal")
+		return
+	}
+	lingerClose(tc.NetConn())
+}
+
+// denyTimeout bounds the error frame sent to a refused peer and the wait
+// for its close.
+const denyTimeout = time.Second
+
+// lingerClose half-closes nc and discards what the peer still sends (its
+// hello, typically) until it closes or denyTimeout passes: closing a
+// socket with unread data would send a reset, which can destroy the
+// refusal before the peer reads it.
+func lingerClose(nc net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if bc, ok := nc.(*tunnel.BatchConn); ok {
+		nc = bc.Conn
+	}
+	cw, ok := nc.(closeWriter)
+	if !ok {
+		return
+	}
+	_ = cw.CloseWrite()
+	_ = nc.SetReadDeadline(time.Now().Add(denyTimeout))
+	_, _ = io.CopyN(io.Discard, nc, 64<<10)
+}
+
+// notAuthorizedError tells an unknown key how to get authorized.
+func (s *Server) notAuthorizedError() *link.Error {
+	return &link.Error{
+		Code:    link.CodePairingRequired,
+		Message: "not authorized by " + s.id.String() + ": pair first with `reflector pair-with --peer HOST:PORT --token TOKEN` (no pairing window is open: the operator runs `reflector pair` for a token)",
 	}
 }
 
@@ -267,10 +402,10 @@ func (s *Server) loop(c *serverConn) {
 // countFrame applies the per-connection frame rate; false means close.
 func (s *Server) countFrame(c *serverConn) bool {
 	c.frames++
-	if !c.bucket.take(time.Now()) {
+	if !c.bucket.Allow(time.Now()) {
 		s.stats.frameRate.Add(1)
 		s.metrics.RateLimited(metrics.LimitFrames)
-		c.log.Warn().Int("max_frames_per_sec", s.cfg.Limits.MaxFramesPerSec).Msg("closing connection: frame rate exceeded")
+		c.log.Warn().Int("max_frames_per_sec", s.limits.MaxFramesPerSec).Msg("closing connection: frame rate exceeded")
 		return false
 	}
 	return true
@@ -293,7 +428,7 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 	case *link.PairRequest:
 		return s.reply(c, reqID, s.pair(c, m.Token))
 	}
-	if c.pairing {
+	if c.pairing.Load() {
 		return s.reply(c, reqID, &link.Error{Code: link.CodePairingRequired, Message: "pairing required"})
 	}
 	switch m := msg.(type) {
@@ -454,29 +589,58 @@ func (s *Server) pathMeta() *link.PathMeta {
 	return pm
 }
 
-// pair redeems a pairing token for the connection's peer.
+// pair redeems a pairing token for the connection's peer. Failures are
+// audited as pairing_failed, aggregated per source like connection
+// denials; a source that sent too many wrong tokens is refused for the
+// rest of the window without closing it for others.
 func (s *Server) pair(c *serverConn, token string) *link.PairResponse {
 	ours := s.id.String()
-	if !c.pairing {
+	if !c.pairing.Load() {
 		return &link.PairResponse{Success: true, Message: "already authorized", EndpointID: &ours}
 	}
-	err := s.pairing.RedeemWith(token, func() error {
-		_, err := s.peers.Add(c.peer.ID, peers.SourcePaired, "paired from "+c.peer.Addr.Addr().String())
-		return err
+	src := pairing.Source{Addr: c.peer.Addr.Addr(), Key: c.peer.ID.String()}
+	err := s.pairing.RedeemWith(token, src, func() error {
+		if _, err := s.peers.Add(c.peer.ID, peers.SourcePaired, "paired from "+c.peer.Addr.Addr().String()); err != nil {
+			return err
+		}
+		// Promoted before the window's close closes pairing-only
+		// connections.
+		c.pairing.Store(false)
+		return nil
 	})
 	if err != nil {
-		if errors.Is(err, pairing.ErrBadToken) || errors.Is(err, pairing.ErrTooManyFailures) ||
-			errors.Is(err, pairing.ErrExpired) || errors.Is(err, pairing.ErrNoWindow) {
-			s.metrics.PairingEvent(metrics.PairingRejected)
-		}
+		s.metrics.PairingEvent(metrics.PairingRejected)
+		s.auditDenial(c.log, c.peer.Addr, audit.Event{
+			EventType: audit.PairingFailed, PeerID: c.peer.ID.String(), PeerAddr: c.peer.Addr.String(),
+			Decision: "denied", Reason: pairFailureReason(err),
+		})
 		c.log.Warn().Err(err).Msg("pairing failed")
 		return &link.PairResponse{Success: false, Message: pairFailure(err)}
 	}
-	c.pairing = false
+	if c.lifetime != nil {
+		c.lifetime.Stop()
+	}
+	s.admit.paired()
 	s.metrics.PairingEvent(metrics.PairingPaired)
 	s.writeAudit(c.log, audit.Event{EventType: audit.PeerPaired, PeerID: c.peer.ID.String(), PeerAddr: c.peer.Addr.String(), Decision: "accepted"})
 	c.log.Info().Msg("peer paired")
 	return &link.PairResponse{Success: true, Message: "paired", EndpointID: &ours}
+}
+
+// pairFailureReason is the audit reason of a failed redemption.
+func pairFailureReason(err error) string {
+	switch {
+	case errors.Is(err, pairing.ErrBadToken):
+		return "bad_token"
+	case errors.Is(err, pairing.ErrSourceLimited):
+		return "source_limited"
+	case errors.Is(err, pairing.ErrTooManyFailures):
+		return "too_many_failures"
+	case errors.Is(err, pairing.ErrExpired), errors.Is(err, pairing.ErrNoWindow):
+		return "no_window"
+	default:
+		return "error"
+	}
 }
 
 // pairFailure is the pair_response message for a failed redemption. It
@@ -486,6 +650,8 @@ func pairFailure(err error) string {
 	switch {
 	case errors.Is(err, pairing.ErrBadToken):
 		return "wrong pairing token"
+	case errors.Is(err, pairing.ErrSourceLimited):
+		return "too many wrong tokens from this address or key: ask the operator for a new pairing window"
 	case errors.Is(err, pairing.ErrTooManyFailures):
 		return "too many wrong tokens: pairing window closed"
 	case errors.Is(err, pairing.ErrExpired), errors.Is(err, pairing.ErrNoWindow):
@@ -493,4 +659,22 @@ func pairFailure(err error) string {
 	default:
 		return "pairing failed on the server"
 	}
+}
+
+// pairingClosed runs when the pairing window closes: it audits why and
+// closes every connection that was only allowed to pair.
+func (s *Server) pairingClosed(reason error) {
+	why := map[error]string{
+		pairing.ErrExpired:         "expired",
+		pairing.ErrTooManyFailures: "too_many_failures",
+		pairing.ErrConsumed:        "consumed",
+		pairing.ErrNoWindow:        "closed",
+	}[reason]
+	s.metrics.PairingEvent(metrics.PairingClosed)
+	s.writeAudit(s.log, audit.Event{EventType: audit.PairingClosed, Decision: "closed", Reason: why})
+	conns := s.connsOf(func(c *serverConn) bool { return c.pairing.Load() })
+	for _, c := range conns {
+		c.close()
+	}
+	s.log.Info().Str("reason", why).Int("pairing_connections_closed", len(conns)).Msg("pairing window closed")
 }

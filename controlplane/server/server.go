@@ -30,6 +30,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/peers"
 	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/internal/buildinfo"
+	"github.com/packetparamedic/reflector/internal/ratelimit"
 )
 
 // DefaultPairingTTL is how long the window opened by pairing_enabled = true
@@ -74,11 +75,20 @@ type Stats struct {
 	Malformed         uint64 `json:"malformed"`
 	FrameRateExceeded uint64 `json:"frame_rate_exceeded"`
 	IdleClosed        uint64 `json:"idle_closed"`
+	// SourceCapRejected counts identified peers refused by the per-peer,
+	// per-address or pairing connection caps.
+	SourceCapRejected uint64 `json:"source_cap_rejected"`
+	// QUIC handshakes on the tunnel's UDP port: completed, admitted but
+	// not completed, refused by a limit, and answered with a Retry.
+	QUICCompleted uint64 `json:"quic_completed"`
+	QUICFailed    uint64 `json:"quic_failed"`
+	QUICRefused   uint64 `json:"quic_refused"`
+	QUICRetries   uint64 `json:"quic_retries"`
 }
 
 type counters struct {
 	accepted, denied, connLimit, hsLimit, addrLimited atomic.Uint64
-	hsFailed, malformed, frameRate, idle              atomic.Uint64
+	hsFailed, malformed, frameRate, idle, sourceCap   atomic.Uint64
 }
 
 // Server is one reflector control plane. Create it with New, then Start;
@@ -97,7 +107,9 @@ type Server struct {
 	pairing  *pairing.Manager
 	sessions Sessions
 	sampler  *hostinfo.Sampler
-	limiter  *addrLimiter
+	limiter  *ratelimit.Keyed
+	admit    *admission
+	limits   config.LimitsConfig // cfg.Limits with unset values from config.Default
 	denials  *denialAggregator
 	stats    counters
 	metrics  *metrics.Metrics
@@ -127,7 +139,7 @@ type Server struct {
 	shutdown  bool
 	drainEnd  time.Time // when the drain's grace period ends
 	active    int
-	handshake int
+	quicGuard *quicGuard // admission of QUIC handshakes; nil without QUIC
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -145,6 +157,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
+	limits := limitsWithDefaults(cfg.Limits)
 	s := &Server{
 		cfg:              cfg,
 		log:              opts.Logger,
@@ -153,12 +166,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		pairing:          pairing.NewManager(now),
 		sampler:          hostinfo.NewSampler(),
 		conns:            map[uint64]*serverConn{},
-		handshakeTimeout: seconds(cfg.Limits.HandshakeTimeoutSec, 10),
-		idleTimeout:      seconds(cfg.Limits.IdleTimeoutSec, 300),
-		limiter:          newAddrLimiter(cfg.Limits.NewConnsPerSecPerAddr, cfg.Limits.NewConnsBurstPerAddr),
+		limits:           limits,
+		handshakeTimeout: time.Duration(limits.HandshakeTimeoutSec) * time.Second,
+		idleTimeout:      time.Duration(limits.IdleTimeoutSec) * time.Second,
+		limiter:          ratelimit.NewKeyed(limits.NewConnsPerSecPerAddr, limits.NewConnsBurstPerAddr, maxTrackedAddrs, nil),
+		admit:            newAdmission(limits),
 		denialInterval:   opts.DenialAuditInterval,
 		metrics:          opts.Metrics,
 	}
+	s.pairing.OnClose(s.pairingClosed)
 	if s.denialInterval <= 0 {
 		s.denialInterval = DefaultDenialAuditInterval
 	}
@@ -177,9 +193,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	alpn := cfg.Network.ALPN
 	if alpn == "" {
-		alpn = "pp-link/1"
+		alpn = config.Default().Network.ALPN
 	}
 	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
+	s.tlsConf.GetConfigForClient = clientHelloArrived
 
 	static, err := parseIDs(cfg.Access.AuthorizedPeers)
 	if err != nil {
@@ -222,11 +239,26 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func seconds(n, def int) time.Duration {
-	if n <= 0 {
-		n = def
+// limitsWithDefaults fills the limits a caller left unset (zero or
+// negative; a config built by hand rather than parsed) from
+// config.Default, the one place defaults live. A shutdown grace of 0 is a
+// valid setting and kept.
+func limitsWithDefaults(l config.LimitsConfig) config.LimitsConfig {
+	d := config.Default().Limits
+	for _, f := range []struct{ v, def *int }{
+		{&l.MaxControlConnections, &d.MaxControlConnections}, {&l.MaxHandshakes, &d.MaxHandshakes},
+		{&l.HandshakeTimeoutSec, &d.HandshakeTimeoutSec}, {&l.NewConnsPerSecPerAddr, &d.NewConnsPerSecPerAddr},
+		{&l.NewConnsBurstPerAddr, &d.NewConnsBurstPerAddr}, {&l.IdleTimeoutSec, &d.IdleTimeoutSec},
+		{&l.MaxFramesPerSec, &d.MaxFramesPerSec}, {&l.MaxConnsPerPeer, &d.MaxConnsPerPeer},
+		{&l.MaxConnsPerAddr, &d.MaxConnsPerAddr}, {&l.MaxPairingConnections, &d.MaxPairingConnections},
+		{&l.MaxHandshakesPerAddr, &d.MaxHandshakesPerAddr},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
-	return time.Duration(n) * time.Second
+	l.ShutdownGraceSec = max(l.ShutdownGraceSec, 0)
+	return l
 }
 
 func parseIDs(list []string) ([]identity.EndpointID, error) {
@@ -258,13 +290,21 @@ func (s *Server) Peers() *peers.Store { return s.peers }
 // Stats returns the connection counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
-	return Stats{
+	st := Stats{
 		Accepted: c.accepted.Load(), Denied: c.denied.Load(),
 		ConnLimitRejected: c.connLimit.Load(), HandshakeLimited: c.hsLimit.Load(),
 		AddrRateLimited: c.addrLimited.Load(), HandshakeFailed: c.hsFailed.Load(),
 		Malformed: c.malformed.Load(), FrameRateExceeded: c.frameRate.Load(),
-		IdleClosed: c.idle.Load(),
+		IdleClosed: c.idle.Load(), SourceCapRejected: c.sourceCap.Load(),
 	}
+	s.mu.Lock()
+	g := s.quicGuard
+	s.mu.Unlock()
+	if g != nil {
+		st.QUICCompleted, st.QUICFailed = g.completed.Load(), g.failed.Load()
+		st.QUICRefused, st.QUICRetries = g.refused.Load(), g.retries.Load()
+	}
+	return st
 }
 
 // Addr returns the bound control listener address, or nil before Start.
@@ -324,7 +364,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.log.Info().Str("listen", httpAddr.String()).Msg("serving /metrics and /health")
 	}
 	if s.cfg.Access.PairingEnabled {
-		if _, err := s.openPairing(DefaultPairingTTL, "config"); err != nil {
+		if _, err := s.openPairing(DefaultPairingTTL, pairingByConfig); err != nil {
 			s.log.Error().Err(err).Msg("could not open the start-up pairing window")
 		}
 	}
@@ -461,7 +501,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.shutdown = true
 	s.draining.Store(true)
-	grace := time.Duration(max(s.cfg.Limits.ShutdownGraceSec, 0)) * time.Second
+	grace := time.Duration(s.limits.ShutdownGraceSec) * time.Second
 	s.drainEnd = s.now().Add(grace)
 	ln, adm, cancel, stopHTTP, quic := s.ln, s.admin, s.cancel, s.stopHTTP, s.quic
 	s.mu.Unlock()
@@ -505,6 +545,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if stopHTTP != nil {
 		stopHTTP()
 	}
+	// An open pairing window closes with the server (audited while the
+	// log is open; its expiry timer stops).
+	s.pairing.Close()
 	if err := s.audit.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -566,6 +609,9 @@ func (s *Server) connsOf(match func(*serverConn) bool) []*serverConn {
 	return out
 }
 
+// pairingByConfig opens the start-up window of pairing_enabled = true.
+const pairingByConfig = "config"
+
 // openPairing opens a pairing window and audits it.
 func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, error) {
 	token, expires, err := s.pairing.Open(ttl)
@@ -582,7 +628,13 @@ func (s *Server) openPairing(ttl time.Duration, by string) (admin.PairResult, er
 		s.log.Error().Err(err).Msg("audit pairing_enabled")
 	}
 	s.metrics.PairingEvent(metrics.PairingEnabled)
-	s.log.Info().Str("endpoint_id", s.id.String()).Str("token", token).
-		Time("expires_at", expires).Str("opened_by", by).Msg("pairing window open")
+	ev := s.log.Info().Str("endpoint_id", s.id.String()).Time("expires_at", expires).Str("opened_by", by)
+	if by == pairingByConfig {
+		// The start-up window of pairing_enabled = true has no admin
+		// client to hand its token to: the log shows it, once. Every
+		// other token goes only to the admin client that asked.
+		ev = ev.Str("token", token)
+	}
+	ev.Msg("pairing window open")
 	return admin.PairResult{EndpointID: s.id.String(), Token: token, ExpiresAt: expires.UTC()}, nil
 }

@@ -44,13 +44,17 @@ func (s *Server) startQUIC(addr net.Addr) *tunnel.QUICListener {
 	if ta != nil {
 		ts.SetControlPort(ta.Port)
 	}
-	ql, err := tunnel.ListenQUIC(context.Background(), addr.String(), s.tlsConf, func(ctx context.Context, cert *x509.Certificate, remote net.Addr, req []byte) ([]byte, func(*tunnel.QUICSession), error) {
+	guard := newQUICGuard(s)
+	ql, err := tunnel.ListenQUICGuarded(context.Background(), addr.String(), s.tlsConf, func(ctx context.Context, cert *x509.Certificate, remote net.Addr, req []byte) ([]byte, func(*tunnel.QUICSession), error) {
 		return s.attachQUIC(ctx, ts, cert, remote, req)
-	})
+	}, guard)
 	if err != nil {
 		s.log.Error().Err(err).Msg("tunneled UDP tests unavailable: cannot listen for QUIC")
 		return nil
 	}
+	s.mu.Lock()
+	s.quicGuard = guard
+	s.mu.Unlock()
 	s.log.Info().Str("listen", ql.Addr().String()).Msg("listening for tunneled UDP tests (QUIC)")
 	return ql
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/dataplane/udpbatch"
+	"github.com/packetparamedic/reflector/internal/ratelimit"
 )
 
 // SocketBuffer is the receive and send buffer size requested for every
@@ -73,7 +74,7 @@ type Engine struct {
 	cfg     Config
 	allowed netip.Addr // unmapped, zoneless; invalid = anyone
 	conns   []*udpbatch.Conn
-	bucket  *bucket
+	bucket  *ratelimit.Bucket
 	now     func() time.Time
 
 	serving   atomic.Bool
@@ -97,7 +98,7 @@ func Listen(ctx context.Context, addr string, cfg Config) (*Engine, error) {
 		e.allowed = cfg.Allowed.Unmap().WithZone("")
 	}
 	if cfg.MaxPPS > 0 {
-		e.bucket = newBucket(cfg.MaxPPS, max(cfg.MaxPPS/10, 1), e.now())
+		e.bucket = ratelimit.NewBucket(cfg.MaxPPS, max(cfg.MaxPPS/10, 1), e.now())
 	}
 	first, err := listenOne(ctx, addr, readers > 1)
 	if errors.Is(err, errors.ErrUnsupported) {
@@ -231,7 +232,7 @@ func (e *Engine) echoBatch(c *udpbatch.Conn, msgs []udpbatch.Message) error {
 	}
 	var limited uint64
 	if e.bucket != nil && keep > 0 {
-		granted := e.bucket.take(keep, now)
+		granted := e.bucket.Take(keep, now)
 		limited = uint64(keep - granted)
 		keep = granted
 	}

@@ -158,28 +158,6 @@ func TestSeenSet(t *testing.T) {
 	}
 }
 
-func TestBucket(t *testing.T) {
-	t0 := time.Unix(1000, 0)
-	b := newBucket(1000, 100, t0)
-	steps := []struct {
-		at      time.Duration
-		n, want int
-	}{
-		{0, 150, 100},                 // burst
-		{0, 10, 0},                    // empty
-		{time.Millisecond, 10, 1},     // 1 ms = 1 token
-		{10 * time.Millisecond, 5, 5}, // 9 more tokens accrued
-		{10 * time.Millisecond, 10, 4},
-		{time.Hour, 1000, 100}, // refill caps at burst
-		{time.Hour - time.Second, 10, 0},
-	}
-	for i, st := range steps {
-		if got := b.take(st.n, t0.Add(st.at)); got != st.want {
-			t.Fatalf("step %d take(%d at %v) = %d, want %d", i, st.n, st.at, got, st.want)
-		}
-	}
-}
-
 func TestPercentile(t *testing.T) {
 	s := make([]time.Duration, 100)
 	for i := range s {

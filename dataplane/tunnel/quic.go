@@ -95,8 +95,33 @@ func clientQUICConfig() *quic.Config {
 	}
 }
 
+// QUICGuard admits QUIC connection attempts before their handshake runs,
+// so a server can apply to 4000/udp the limits it applies to 4000/tcp.
+// Its methods are called from quic-go's packet handling and must be quick
+// and safe for concurrent use.
+type QUICGuard interface {
+	// NeedRetry reports whether an Initial from addr, whose address is not
+	// validated yet, must first be answered with a Retry (RFC 9000,
+	// section 8.1.2). A Retry is smaller than the Initial it answers, so
+	// a spoofed source draws no amplification, and the client proves its
+	// address at the cost of one round trip: ask for it under load.
+	NeedRetry(addr net.Addr) bool
+	// Admit decides on a handshake from addr; verified says the address
+	// was validated (Retry or a token). A non-nil error refuses it (the
+	// client gets CONNECTION_REFUSED). An admitted handshake holds what
+	// Admit gave it until done is called, exactly once, with whether the
+	// handshake completed.
+	Admit(addr net.Addr, verified bool) (done func(completed bool), err error)
+}
+
+// handshakeDoneKey keys the done function of an admitted handshake in
+// the connection's context.
+type handshakeDoneKey struct{}
+
 // QUICListener accepts tunnel sessions on a UDP port.
 type QUICListener struct {
+	tr     *quic.Transport
+	udp    net.PacketConn
 	ln     *quic.Listener
 	attach AttachFunc
 
@@ -113,14 +138,31 @@ type QUICListener struct {
 // asks attach, which answers and, accepting, names the function that
 // serves the session. The listener stops when ctx ends or Close is called.
 func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, attach AttachFunc) (*QUICListener, error) {
+	return ListenQUICGuarded(ctx, addr, tlsConf, attach, nil)
+}
+
+// ListenQUICGuarded is ListenQUIC with guard (nil: none) deciding on every
+// connection attempt before its handshake, and on source address
+// validation.
+func ListenQUICGuarded(ctx context.Context, addr string, tlsConf *tls.Config, attach AttachFunc, guard QUICGuard) (*QUICListener, error) {
 	if attach == nil {
 		return nil, errors.New("listen quic: an AttachFunc is required")
 	}
-	ln, err := quic.ListenAddr(addr, tlsConf, serverQUICConfig())
+	udp, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen quic %s/udp: %w", addr, err)
 	}
-	l := &QUICListener{ln: ln, attach: attach, sessions: make(map[*quic.Conn]struct{})}
+	tr := &quic.Transport{Conn: udp}
+	if guard != nil {
+		tr.VerifySourceAddress = guard.NeedRetry
+		tr.ConnContext = guardedContext(guard)
+	}
+	ln, err := tr.Listen(tlsConf, serverQUICConfig())
+	if err != nil {
+		_ = udp.Close()
+		return nil, fmt.Errorf("listen quic %s/udp: %w", addr, err)
+	}
+	l := &QUICListener{tr: tr, udp: udp, ln: ln, attach: attach, sessions: make(map[*quic.Conn]struct{})}
 	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	l.wg.Add(1)
 	go func() {
@@ -129,6 +171,22 @@ func ListenQUIC(ctx context.Context, addr string, tlsConf *tls.Config, attach At
 		l.acceptLoop()
 	}()
 	return l, nil
+}
+
+// guardedContext is the Transport's ConnContext for guard: it admits the
+// attempt or refuses it, and arranges for done to be called once, when
+// the handshake completes (acceptLoop) or the connection ends first.
+func guardedContext(guard QUICGuard) func(context.Context, *quic.ClientInfo) (context.Context, error) {
+	return func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		done, err := guard.Admit(info.RemoteAddr, info.AddrVerified)
+		if err != nil {
+			return ctx, err
+		}
+		var once sync.Once
+		finish := func(completed bool) { once.Do(func() { done(completed) }) }
+		context.AfterFunc(ctx, func() { finish(false) })
+		return context.WithValue(ctx, handshakeDoneKey{}, finish), nil
+	}
 }
 
 // Addr returns the UDP address the listener is bound to.
@@ -147,7 +205,7 @@ func (l *QUICListener) Close() error {
 		_ = c.CloseWithError(CodeDone, "listener closed")
 	}
 	l.mu.Unlock()
-	err := l.ln.Close()
+	err := errors.Join(l.ln.Close(), l.tr.Close(), l.udp.Close())
 	l.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("close quic listener: %w", err)
@@ -160,6 +218,9 @@ func (l *QUICListener) acceptLoop() {
 		c, err := l.ln.Accept(context.Background())
 		if err != nil {
 			return
+		}
+		if done, ok := c.Context().Value(handshakeDoneKey{}).(func(bool)); ok {
+			done(true)
 		}
 		l.mu.Lock()
 		if l.closed {
