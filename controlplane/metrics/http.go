@@ -102,14 +102,16 @@ const (
 
 // Serve listens on addr and serves h until ctx ends, then shuts the server
 // down gracefully (bounded by a few seconds). It returns the bound address
-// once the listener is ready (use port 0 in tests), or the listen error.
+// once the listener is ready (use port 0 in tests) and a channel closed
+// once the server has stopped answering after ctx ended, or the listen
+// error.
 // The server has read-header, read, write and idle timeouts and a small
 // header limit, so slow or idle clients cannot pin it.
-func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, error) {
+func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, <-chan struct{}, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -128,7 +130,9 @@ func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, error) {
 		// stops answering, which the scraper reports as target down.
 		_ = srv.Serve(ln)
 	}()
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		select {
 		case <-ctx.Done():
 		case <-done:
@@ -139,5 +143,5 @@ func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, error) {
 			_ = srv.Close()
 		}
 	}()
-	return ln.Addr(), nil
+	return ln.Addr(), stopped, nil
 }

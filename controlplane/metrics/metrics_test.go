@@ -284,7 +284,7 @@ func TestServeLoopback(t *testing.T) {
 	defer cancel()
 	m := New("v", "c")
 	m.ConnAccepted()
-	addr, err := Serve(ctx, "127.0.0.1:0", NewHandler(m, okHealth))
+	addr, _, err := Serve(ctx, "127.0.0.1:0", NewHandler(m, okHealth))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func TestServeLoopback(t *testing.T) {
 		_, _, err := get("/health")
 		return err != nil
 	})
-	if _, err := Serve(context.Background(), "127.0.0.1:-1", http.NotFoundHandler()); err == nil {
+	if _, _, err := Serve(context.Background(), "127.0.0.1:-1", http.NotFoundHandler()); err == nil {
 		t.Fatal("Serve on an invalid address succeeded")
 	}
 }

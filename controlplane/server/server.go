@@ -339,15 +339,19 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	// The /metrics and /health listener outlives the drain (it reports
 	// it) and stops last in Shutdown.
-	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	httpCtx, cancelHTTP := context.WithCancel(context.Background())
+	stopHTTP := cancelHTTP
 	var httpAddr net.Addr
 	if addr := s.cfg.Metrics.ListenAddress; addr != "" {
-		if httpAddr, err = metrics.Serve(httpCtx, addr, metrics.NewHandler(s.metrics, s.Health)); err != nil {
-			stopHTTP()
+		var stopped <-chan struct{}
+		if httpAddr, stopped, err = metrics.Serve(httpCtx, addr, metrics.NewHandler(s.metrics, s.Health)); err != nil {
+			cancelHTTP()
 			_ = ln.Close()
 			_ = adm.Close()
 			return err
 		}
+		// Shutdown returns only once /metrics and /health stopped answering.
+		stopHTTP = func() { cancelHTTP(); <-stopped }
 	}
 	s.mu.Lock()
 	s.ln, s.admin, s.started = ln, adm, s.now()
