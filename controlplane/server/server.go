@@ -24,6 +24,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
@@ -173,7 +174,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	alpn := cfg.Network.ALPN
 	if alpn == "" {
-		alpn = "pp-link/1"
+		alpn = link.ALPN
 	}
 	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
 
