@@ -29,7 +29,10 @@ test:
 stress:
 	$(GO) test -tags stress -count=1 -timeout 15m -v ./stress/...
 
-## test-short: quick run without the race detector and without long interop cases.
+## test-short: quick run without the race detector; -short skips every test
+## that starts an external program (testutil.LookBinary: stock iperf3, openssl,
+## promtool, buildah, rpm, dpkg), the built binary (testutil.ReflectorBinary)
+## or network namespaces, and the timed cases of the iperf3 client matrix.
 test-short:
 	$(GO) test -short -count=1 ./...
 

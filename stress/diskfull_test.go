@@ -43,7 +43,7 @@ func TestStressAuditDiskFull(t *testing.T) {
 	})
 	key := servertest.NewKey(t)
 	h := servertest.Start(t, func(c *config.Config) {
-		directConfig(c)
+		directConfig(t, c)
 		c.Access.AuthorizedPeers = []string{servertest.ID(key).String()}
 		c.Logging.AuditLogPath = filepath.Join(mnt, "audit.jsonl")
 		c.Metrics.ListenAddress = "127.0.0.1:0"
@@ -213,7 +213,7 @@ func health(t *testing.T, url string) (int, string) {
 // reflectorStatus runs the built `reflector status --json`.
 func reflectorStatus(t *testing.T, cfgPath string) server.Status {
 	t.Helper()
-	out, err := exec.Command(exe, "status", "--json", "-c", cfgPath).Output()
+	out, err := exec.Command(testutil.ReflectorBinary(t), "status", "--json", "-c", cfgPath).Output()
 	if err != nil {
 		t.Fatalf("reflector status: %v: %s", err, out)
 	}

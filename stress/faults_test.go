@@ -37,7 +37,7 @@ func newBinServer(t *testing.T, owner ed25519.PrivateKey) *binServer {
 	t.Helper()
 	dir := servertest.StateDir(t)
 	cfg := servertest.Config(dir)
-	directConfig(cfg)
+	directConfig(t, cfg)
 	cfg.Access.AuthorizedPeers = []string{servertest.ID(owner).String()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,7 +55,7 @@ func newBinServer(t *testing.T, owner ed25519.PrivateKey) *binServer {
 // start runs the binary and waits until key can say hello.
 func (b *binServer) start(key ed25519.PrivateKey) *client.Client {
 	b.t.Helper()
-	b.cmd = exec.Command(exe, "serve", "-c", b.cfgPath)
+	b.cmd = exec.Command(testutil.ReflectorBinary(b.t), "serve", "-c", b.cfgPath)
 	if err := b.cmd.Start(); err != nil {
 		b.t.Fatal(err)
 	}
