@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -143,12 +144,18 @@ func call[T any, PT interface {
 const FeatureDenyReasonsV2 = "deny_reasons_v2"
 
 // Hello sends hello (version 1.0, the appliance's features plus
-// FeatureDenyReasonsV2) and returns the server's policy.
+// FeatureDenyReasonsV2) and returns the server's policy. A server that
+// refuses this client and says why ends it with that *link.Error; one that
+// just closes gets an io.EOF error with a hint.
 func (c *Client) Hello() (*link.ServerHello, error) {
-	return call[link.ServerHello](c, &link.Hello{
+	sh, err := call[link.ServerHello](c, &link.Hello{
 		Version:  link.ProtocolVersion,
 		Features: []string{link.FeatureThroughput, link.FeatureUDPEcho, FeatureDenyReasonsV2},
 	})
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: the reflector closed the connection without a reason (an older reflector does that to clients it does not authorize: pair first with 'reflector pair-with --peer %s --token TOKEN')", err, c.addr)
+	}
+	return sh, err
 }
 
 // Pair presents a pairing token. A refused token is not an error: see

@@ -203,3 +203,47 @@ func TestHelloFeatures(t *testing.T) {
 		t.Fatalf("hello features %q, want %q", features, want)
 	}
 }
+
+// TestServerErrorFrameBeforeClose: a reflector that refuses this client
+// sends one error frame (here before it read anything, with an empty
+// request_id) and closes; Hello returns that message, not EOF.
+func TestServerErrorFrameBeforeClose(t *testing.T) {
+	key := newKey(t)
+	cert, err := identity.NewCertificate(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerTLSConfig(cert, link.ALPN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const why = "not authorized by PP-TEST: pair first with reflector pair-with"
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		lc := link.NewConn(nc)
+		if err := nc.(*tls.Conn).Handshake(); err == nil {
+			_ = lc.WriteMessage("", &link.Error{Code: 403, Message: why}, 5*time.Second)
+			// Wait for the client's hello before closing, so the close
+			// does not reset the connection under the error frame.
+			_, _, _ = lc.ReadMessage(5 * time.Second)
+		}
+		_ = lc.Close()
+	}()
+	c, err := client.Dial(context.Background(), ln.Addr().String(), newKey(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Hello()
+	var le *link.Error
+	if !errors.As(err, &le) || le.Message != why {
+		t.Fatalf("Hello = %v, want the server's error frame %q", err, why)
+	}
+	<-done
+}

@@ -126,9 +126,9 @@ func TestStressAuditDiskFull(t *testing.T) {
 			t.Fatalf("grant %s given without its audit line", id)
 		}
 	}
-	st := reflectorStatus(t, cfgPath)
-	if st.AuditHealthy || st.AuditError == "" {
-		t.Fatalf("reflector status on a full disk: %+v, want the audit failure", st)
+	st, code := reflectorStatus(t, cfgPath)
+	if st.AuditHealthy || st.AuditError == "" || st.Healthy || code != 1 {
+		t.Fatalf("reflector status on a full disk: exit %d %+v, want exit 1 and the audit failure", code, st)
 	}
 	t.Logf("reflector status --json: audit_healthy %v, audit_error %q", st.AuditHealthy, st.AuditError)
 	code, body := health(t, healthURL)
@@ -156,8 +156,8 @@ func TestStressAuditDiskFull(t *testing.T) {
 	if resumed != nil {
 		t.Fatalf("grants did not resume after space returned: %v", resumed)
 	}
-	if st := reflectorStatus(t, cfgPath); !st.AuditHealthy {
-		t.Fatalf("status after recovery: %+v", st)
+	if st, code := reflectorStatus(t, cfgPath); !st.AuditHealthy || code != 0 {
+		t.Fatalf("status after recovery: exit %d %+v", code, st)
 	}
 	if code, body := health(t, healthURL); code != http.StatusOK {
 		t.Fatalf("/health after recovery: %d %s", code, body)
@@ -211,15 +211,20 @@ func health(t *testing.T, url string) (int, string) {
 }
 
 // reflectorStatus runs the built `reflector status --json`.
-func reflectorStatus(t *testing.T, cfgPath string) server.Status {
+// reflectorStatus runs `reflector status --json` and returns the status
+// and the exit code (1 when unhealthy).
+func reflectorStatus(t *testing.T, cfgPath string) (server.Status, int) {
 	t.Helper()
 	out, err := exec.Command(testutil.ReflectorBinary(t), "status", "--json", "-c", cfgPath).Output()
-	if err != nil {
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
 		t.Fatalf("reflector status: %v: %s", err, out)
 	}
 	var st server.Status
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("reflector status output %q: %v", out, err)
 	}
-	return st
+	return st, code
 }

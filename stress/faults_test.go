@@ -61,6 +61,13 @@ func (b *binServer) start(key ed25519.PrivateKey) *client.Client {
 	}
 	cmd := b.cmd
 	b.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return b.dial(key)
+}
+
+// dial connects key to the running binary and says hello (retrying while
+// it starts).
+func (b *binServer) dial(key ed25519.PrivateKey) *client.Client {
+	b.t.Helper()
 	var c *client.Client
 	testutil.Eventually(b.t, 15*time.Second, "reflector binary up", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -263,7 +270,7 @@ func TestStressFaultsNothingLost(t *testing.T) {
 		id := servertest.ID(owner).String()
 		b := newBinServer(t, owner)
 		c := b.start(owner)
-		watcher := b.start(owner)
+		watcher := b.dial(owner) // a second connection to the same process
 		done := make(chan error, 1)
 		go func() {
 			_, err := c.RunThroughput(context.Background(), "127.0.0.1", client.ThroughputOptions{Duration: 5 * time.Second, Streams: 2}, nil)
@@ -275,7 +282,12 @@ func TestStressFaultsNothingLost(t *testing.T) {
 		})
 		time.Sleep(time.Second) // into the test, not a synchronisation
 		b.kill()
-		t.Logf("client's view of the killed test: %v", <-done)
+		// The client must not report a test whose server died as a success.
+		if err := <-done; err == nil {
+			t.Fatal("RunThroughput returned nil although the reflector was killed mid-test")
+		} else {
+			t.Logf("client's view of the killed test: %v", err)
+		}
 		_ = c.Close()
 		_ = watcher.Close()
 		_, granted := b.auditCheck(id)

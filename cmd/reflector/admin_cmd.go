@@ -138,6 +138,7 @@ func runStatus(e *env, args []string) error {
 	fs := newFlags(e, "status")
 	cfgPath := configFlag(fs)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
+	live := fs.Bool("live", false, "liveness only: exit 0 whenever the server answers, healthy or not")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -149,20 +150,38 @@ func runStatus(e *env, args []string) error {
 		return err
 	}
 	if *asJSON {
-		return printJSON(e, st)
+		if err := printJSON(e, st); err != nil {
+			return err
+		}
+	} else {
+		printStatus(e, st)
 	}
+	if !st.Healthy && !*live {
+		return &exitError{code: exitFail, err: errors.New("status: unhealthy: no tests are granted until every problem above is fixed")}
+	}
+	return nil
+}
+
+// printStatus writes the readable status: health first, one line for what
+// is wrong and one for the fix per failed check.
+func printStatus(e *env, st server.Status) {
 	w := e.stdout
+	if st.Healthy {
+		fmt.Fprintln(w, "Health:       ok")
+	} else {
+		fmt.Fprintln(w, "Health:       UNHEALTHY, new tests are refused")
+	}
+	for _, ch := range st.Checks {
+		if !ch.OK {
+			fmt.Fprintf(w, "  PROBLEM (%s): %s\n  FIX: %s\n", ch.Name, ch.Problem, ch.Fix)
+		}
+	}
 	fmt.Fprintf(w, "Endpoint ID:  %s\n", st.EndpointID)
 	fmt.Fprintf(w, "Listening:    %s (mode %s)\n", st.ListenAddress, st.Mode)
 	fmt.Fprintf(w, "Version:      %s (%s)\n", st.Version, st.Commit)
 	fmt.Fprintf(w, "Uptime:       %v\n", time.Duration(st.UptimeSec)*time.Second)
 	fmt.Fprintf(w, "State dir:    %s\n", st.StateDir)
 	fmt.Fprintf(w, "Config:       %s\n", st.ConfigSource)
-	if st.AuditHealthy {
-		fmt.Fprintln(w, "Audit log:    ok")
-	} else {
-		fmt.Fprintf(w, "Audit log:    FAILING, new tests are refused: %s\n", st.AuditError)
-	}
 	if st.Pairing.Open && st.Pairing.ExpiresAt != nil {
 		fmt.Fprintf(w, "Pairing:      open until %s\n", st.Pairing.ExpiresAt.Format(time.RFC3339))
 	} else {
@@ -174,5 +193,4 @@ func runStatus(e *env, args []string) error {
 	for _, a := range st.Sessions.Active {
 		fmt.Fprintf(w, "  %s %s %s peer %s until %s\n", a.TestID, a.TestType, a.Mode, a.PeerID, a.ExpiresAt.UTC().Format(time.RFC3339))
 	}
-	return nil
 }

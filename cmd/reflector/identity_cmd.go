@@ -6,7 +6,9 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -43,6 +45,12 @@ func runShowID(e *env, args []string) error {
 			return err
 		}
 		path = cfg.Identity.PrivateKeyPath
+		if key, err := legacyKey(e, path); err != nil || key != nil {
+			if err == nil {
+				fmt.Fprintln(e.stdout, idOf(key))
+			}
+			return err
+		}
 	}
 	key, created, err := identity.LoadOrCreateKey(path)
 	if err != nil {
@@ -53,6 +61,27 @@ func runShowID(e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stdout, idOf(key))
 	return nil
+}
+
+// legacyKey returns the earlier (Rust) reflector's key when the server key
+// at path is missing and that one exists: show-id prints its ID and leaves
+// the adoption (and its audit line) to the next 'reflector serve'. A
+// legacy key that does not load is an error, never a reason to create a
+// new identity.
+func legacyKey(e *env, path string) (ed25519.PrivateKey, error) {
+	legacy := identity.LegacyKeyPath(path)
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) || legacy == filepath.Clean(path) {
+		return nil, nil
+	}
+	if _, err := os.Stat(legacy); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	key, err := identity.LoadKey(legacy)
+	if err != nil {
+		return nil, fmt.Errorf("%s is missing and the earlier reflector's key cannot be read: %w", path, err)
+	}
+	fmt.Fprintf(e.stderr, "%s is missing: the earlier reflector's key %s will be adopted at the next 'reflector serve' (same Endpoint ID)\n", path, legacy)
+	return key, nil
 }
 
 func idOf(key ed25519.PrivateKey) identity.EndpointID {
@@ -116,7 +145,7 @@ func runRotate(e *env, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if admin.Call(ctx, cfg.AdminSocket(), admin.Request{Op: admin.OpStatus}, nil) == nil {
-		fmt.Fprintln(e.stdout, "The running server still uses the old key: restart it to switch.")
+		fmt.Fprintln(e.stdout, "The running server still uses the old key and grants no tests until it is restarted (its identity check fails): restart it now.")
 	}
 	return nil
 }

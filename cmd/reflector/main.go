@@ -63,12 +63,13 @@ func init() {
 		{"rotate-identity", "[--yes] [-c FILE]", "replace the server's identity key (keeps a backup)", runRotate},
 		{"pair", "[--ttl 10m] [-c FILE]", "open a pairing window on the running server and print its token", runPair},
 		{"peers", "list|add ID|remove ID [-c FILE]", "manage the running server's allowlist", runPeers},
-		{"status", "[--json] [-c FILE]", "ask the running server for its status (exit 0 when serving)", runStatus},
+		{"audit", "[--follow] [--since 1h] [--event TYPE] [--peer ID] [--json] [-c FILE]", "print the audit log (a table, or raw JSON lines)", runAudit},
+		{"status", "[--json] [--live] [-c FILE]", "ask the running server for its status (exit 0 when healthy; --live: when it answers)", runStatus},
 		{"pair-with", "--peer HOST:PORT --token T [--identity FILE] [--expect-id ID]", "pair this machine's client identity with a reflector", runPairWith},
 		{"test", "--peer HOST:PORT [--json] throughput|udp-echo [flags]", "run a throughput or UDP echo test against a reflector", runTest},
 		{"tunnel", "--peer HOST:PORT [--listen 127.0.0.1:5201] [-t 10] [-P 4] [-R] [--bidir] [-u]", "carry a stock iperf3 client's test through a tunneled reflector's control port", runTunnel},
 		{"iperf3-server", "[--listen 127.0.0.1:5201] [--one-off] [--json]", "run the native iperf3 server alone, without the control plane", runIperf3Server},
-		{"self-test", "[--json] [--duration 3s]", "check whether this host can sustain 1 Gbit/s tests (READY / DEGRADED / NOT READY)", runSelfTest},
+		{"self-test", "[--json] [--duration 3s] [-c FILE]", "check whether this host can sustain 1 Gbit/s tests (READY / DEGRADED / NOT READY)", runSelfTest},
 		{"version", "", "print the version", runVersion},
 	}
 }
@@ -84,19 +85,73 @@ func run(e *env, args []string) int {
 		topUsage(e.stderr)
 		return exitUsage
 	}
+	global, args, err := splitGlobal(args)
+	if err != nil {
+		return exitCode(e, err)
+	}
+	switch {
+	case global.version:
+		return exitCode(e, runVersion(e, nil))
+	case global.help:
+		topUsage(e.stdout)
+		return exitOK
+	case len(args) == 0:
+		return exitCode(e, usagef("a command must follow the flags (e.g. reflector -c FILE serve)"))
+	}
 	name := args[0]
-	if name == "-h" || name == "--help" || name == "help" {
+	if name == "help" {
 		topUsage(e.stdout)
 		return exitOK
 	}
 	for _, c := range commands {
 		if c.name == name {
-			return exitCode(e, c.run(e, args[1:]))
+			rest := args[1:]
+			if global.config != "" {
+				// Prepended, so a -c after the command name wins; a command
+				// without -c refuses it as an unknown flag.
+				rest = append([]string{"--config", global.config}, rest...)
+			}
+			return exitCode(e, c.run(e, rest))
 		}
 	}
 	fmt.Fprintf(e.stderr, "reflector: unknown command %q\n\n", name)
 	topUsage(e.stderr)
 	return exitUsage
+}
+
+// globalFlags are the flags accepted before the command name.
+type globalFlags struct {
+	config        string
+	version, help bool
+}
+
+// splitGlobal takes the flags before the command name (-c/--config FILE,
+// -V/--version, -h/--help), as in `reflector -c test-config.toml serve`,
+// and returns the command line that follows them.
+func splitGlobal(args []string) (globalFlags, []string, error) {
+	var g globalFlags
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		a := args[0]
+		args = args[1:]
+		switch {
+		case a == "-V" || a == "--version":
+			g.version = true
+		case a == "-h" || a == "--help":
+			g.help = true
+		case a == "-c" || a == "--config":
+			if len(args) == 0 {
+				return g, nil, usagef("%s: missing file name", a)
+			}
+			g.config, args = args[0], args[1:]
+		case strings.HasPrefix(a, "--config="):
+			g.config = strings.TrimPrefix(a, "--config=")
+		case strings.HasPrefix(a, "-c") && len(a) > 2:
+			g.config = strings.TrimPrefix(strings.TrimPrefix(a, "-c"), "=")
+		default:
+			return g, nil, usagef("unknown flag %q before the command (flags that come before it: -c FILE, -V, -h)", a)
+		}
+	}
+	return g, args, nil
 }
 
 func exitCode(e *env, err error) int {
@@ -117,7 +172,8 @@ func exitCode(e *env, err error) int {
 }
 
 func topUsage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: reflector <command> [flags]")
+	fmt.Fprintln(w, "Usage: reflector [-c FILE] <command> [flags]")
+	fmt.Fprintln(w, "       reflector --version | -V")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands:")
 	names := make([]string, 0, len(commands))
@@ -131,7 +187,8 @@ func topUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-16s %s\n", n, byName[n].summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'reflector <command> --help' for a command's flags.")
+	fmt.Fprintln(w, "Run 'reflector <command> --help' for a command's flags. -c/--config FILE")
+	fmt.Fprintln(w, "may come before or after the command name.")
 }
 
 // newFlags returns a flag set for a command whose --help prints the

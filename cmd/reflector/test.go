@@ -452,6 +452,33 @@ func (o *testOutput) echo(rep *client.EchoReport, err error) error {
 		fmt.Fprintf(w, ", reflector processing %.3f ms", j.ServerTimeMs)
 	}
 	fmt.Fprintln(w)
-	printServer(w, rep.Server)
+	printEchoServer(w, rep.Server)
 	return nil
+}
+
+// echoServerSummary is the part of the reflector's udp_echo summary
+// (test_result.summary, the same object as the audit record's
+// details.summary) that the readable output shows.
+type echoServerSummary struct {
+	Received    uint64 `json:"received"`
+	Echoed      uint64 `json:"echoed"`
+	Bytes       uint64 `json:"bytes"`
+	DroppedRate uint64 `json:"dropped_rate"`
+}
+
+// printEchoServer shows the reflector's own counts of an echo test in the
+// audit record's terms: datagrams received and echoed, and the echoed
+// bytes (its bytes_transferred). An echo reflector sends back what it
+// receives, so "received 0 bytes" would be false.
+func printEchoServer(w io.Writer, r *link.TestResult) {
+	var s echoServerSummary
+	if r == nil || len(r.Summary) == 0 || json.Unmarshal(r.Summary, &s) != nil {
+		printServer(w, r)
+		return
+	}
+	fmt.Fprintf(w, "Reflector measured: received %d datagrams, echoed %d (%d bytes)", s.Received, s.Echoed, s.Bytes)
+	if s.DroppedRate > 0 {
+		fmt.Fprintf(w, ", %d dropped over its rate limit", s.DroppedRate)
+	}
+	fmt.Fprintf(w, ", %s (%s)\n", r.State, r.EndReason)
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
@@ -94,6 +96,31 @@ func TestReflectorTestEndToEnd(t *testing.T) {
 	code, _, out = runTestCmd(t, "--peer", h.Addr, "--identity", keyPath, "udp-echo", "-t", "1", "--rate", "50")
 	if code != 0 || !strings.Contains(out, "RTT ms: min") || !strings.Contains(out, "Jitter (RFC 3550)") {
 		t.Fatalf("echo summary: exit %d\n%s", code, out)
+	}
+	// The reflector's figures are the audit record's, never "received 0".
+	var testID string
+	var recv, echoed, nbytes int64
+	for _, line := range strings.Split(out, "\n") {
+		if _, rest, ok := strings.Cut(line, "UDP echo test "); ok {
+			testID, _, _ = strings.Cut(rest, " ")
+		}
+		if strings.HasPrefix(line, "Reflector measured:") {
+			if _, err := fmt.Sscanf(line, "Reflector measured: received %d datagrams, echoed %d (%d bytes)", &recv, &echoed, &nbytes); err != nil {
+				t.Fatalf("echo summary line %q: %v", line, err)
+			}
+		}
+	}
+	var rec *audit.Event
+	for _, ev := range servertest.FindAudit(h.AuditEvents(), audit.SessionCompleted) {
+		if ev.TestID == testID {
+			rec = &ev
+		}
+	}
+	if rec == nil || rec.BytesTransferred == nil || *rec.BytesTransferred != nbytes || nbytes == 0 || recv != echoed || recv == 0 {
+		t.Fatalf("echo summary received %d echoed %d bytes %d; audit record %+v\n%s", recv, echoed, nbytes, rec, out)
+	}
+	if strings.Contains(out, "received 0 bytes") {
+		t.Fatalf("echo summary still says received 0 bytes:\n%s", out)
 	}
 }
 

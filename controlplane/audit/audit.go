@@ -38,6 +38,9 @@ const (
 	// TunnelAttachDenied records a refused tunnel attach (unknown test,
 	// wrong token, or a peer that does not own the session).
 	TunnelAttachDenied EventType = "tunnel_attach_denied"
+	// IdentityAdopted records that the server took over the earlier (Rust)
+	// reflector's identity.key, keeping the Endpoint ID appliances pinned.
+	IdentityAdopted EventType = "identity_adopted"
 	// RateLimited is an aggregate summary of events dropped or refused by a
 	// rate limiter, written instead of one line per refused attempt.
 	RateLimited EventType = "rate_limited"

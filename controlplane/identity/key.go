@@ -15,7 +15,8 @@ import (
 )
 
 // ErrBadKeyFile is wrapped by LoadKey errors about the key file itself: wrong
-// size, not a regular file, or readable by group or others.
+// size, not a regular file, or permissions that break the key file rule
+// (see checkKeyFile).
 var ErrBadKeyFile = errors.New("bad identity key file")
 
 const (
@@ -26,24 +27,23 @@ const (
 )
 
 // LoadKey reads a key file holding the raw 32-byte Ed25519 seed. It refuses
-// a file of another size, one that is not a regular file, and one whose mode
-// grants any access to group or others.
+// a file of another size, one that is not a regular file, and one whose
+// permissions break the key file rule (checkKeyFile: nothing for others,
+// no group write, group read only for a group of this process, owned by
+// this user or root); a file it may not open is explained with its owner,
+// mode and the fixing command.
 func LoadKey(path string) (ed25519.PrivateKey, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("open identity key: %w", err)
+		return nil, explainOpenError(path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("stat identity key %s: %w", path, err)
 	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w %s: not a regular file (%v)", ErrBadKeyFile, path, st.Mode().Type())
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%w %s: mode %04o lets group or others read it, expected 0600 (run: chmod 600 %s)",
-			ErrBadKeyFile, path, perm, path)
+	if err := checkKeyFile(path, st); err != nil {
+		return nil, err
 	}
 	if st.Size() != SeedSize {
 		return nil, fmt.Errorf("%w %s: %d bytes, expected exactly %d (a raw Ed25519 seed)", ErrBadKeyFile, path, st.Size(), SeedSize)
@@ -107,10 +107,22 @@ func writeNewKey(path string) (ed25519.PrivateKey, error) {
 	}
 	seed := key.Seed()
 	defer clear(seed)
-	if err := atomicfile.WriteFile(path, seed, keyFileMode); err != nil {
-		return nil, fmt.Errorf("write identity key: %w", err)
+	if err := writeKeyFile(path, seed); err != nil {
+		return nil, err
 	}
 	return key, nil
+}
+
+// writeKeyFile writes seed atomically to path with mode 0600, owned like
+// its directory when written by root (see chownLikeDir).
+func writeKeyFile(path string, seed []byte) error {
+	if err := atomicfile.WriteFile(path, seed, keyFileMode); err != nil {
+		return fmt.Errorf("write identity key: %w", err)
+	}
+	if err := chownLikeDir(path, filepath.Dir(path)); err != nil {
+		return fmt.Errorf("write identity key: give %s to the owner of its directory: %w", path, err)
+	}
+	return nil
 }
 
 // writeExclusive creates path (it must not exist), writes data with mode
@@ -123,6 +135,9 @@ func writeExclusive(path string, data []byte) error {
 	_, werr := f.Write(data)
 	if werr == nil {
 		werr = f.Sync()
+	}
+	if werr == nil {
+		werr = chownLikeDir(path, filepath.Dir(path))
 	}
 	cerr := f.Close()
 	if werr == nil {

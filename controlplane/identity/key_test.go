@@ -23,7 +23,8 @@ func TestLoadKeyRejects(t *testing.T) {
 		{name: "too long", content: make([]byte, 64), mode: 0o600, msg: "64 bytes, expected exactly 32"},
 		{name: "empty", content: nil, mode: 0o600, msg: "0 bytes"},
 		{name: "world readable", content: make([]byte, 32), mode: 0o644, msg: "mode 0644"},
-		{name: "group readable", content: make([]byte, 32), mode: 0o640, msg: "mode 0640"},
+		{name: "group writable", content: make([]byte, 32), mode: 0o620, msg: "mode 0620"},
+		{name: "other readable", content: make([]byte, 32), mode: 0o604, msg: "others can access it"},
 		{name: "other writable", content: make([]byte, 32), mode: 0o602, msg: "chmod 600"},
 	}
 	for _, tc := range tests {

@@ -92,8 +92,9 @@ func (c *Conn) WriteMessage(reqID string, m Message, timeout time.Duration) erro
 // Call sends m with reqID and waits for the reply, all within timeout (for
 // the client side; calls on one Conn are serialised). A reply with another
 // request_id is an error wrapping ErrRequestIDMismatch. A reply of type
-// error is returned as a *Error error with a nil Message, so callers can use
-// errors.As; any other reply is returned as decoded (a pointer type).
+// error, whatever its request_id, is returned as a *Error error with a nil
+// Message, so callers can use errors.As and show the server's reason; any
+// other reply is returned as decoded (a pointer type).
 func (c *Conn) Call(reqID string, m Message, timeout time.Duration) (Message, error) {
 	if timeout <= 0 {
 		return nil, ErrBadTimeout
@@ -112,11 +113,14 @@ func (c *Conn) Call(reqID string, m Message, timeout time.Duration) (Message, er
 	if err != nil {
 		return nil, fmt.Errorf("pp-link call %s: %w", m.MessageType(), err)
 	}
-	if gotID != reqID {
-		return nil, fmt.Errorf("pp-link call %s: sent %q, got %q: %w", m.MessageType(), reqID, gotID, ErrRequestIDMismatch)
-	}
+	// An error frame ends the call whatever its request_id: a server that
+	// refuses a peer says why before it closes, possibly before it has
+	// read the request.
 	if e, ok := reply.(*Error); ok {
 		return nil, e
+	}
+	if gotID != reqID {
+		return nil, fmt.Errorf("pp-link call %s: sent %q, got %q: %w", m.MessageType(), reqID, gotID, ErrRequestIDMismatch)
 	}
 	return reply, nil
 }

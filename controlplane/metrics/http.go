@@ -9,18 +9,21 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/packetparamedic/reflector/controlplane/health"
 )
 
 // Health statuses reported by /health.
 const (
 	StatusOK       = "ok"       // serving; HTTP 200
-	StatusDegraded = "degraded" // audit log or identity broken: no grants; HTTP 503
+	StatusDegraded = "degraded" // a health check failed (package health): no grants; HTTP 503
 	StatusDraining = "draining" // shutting down: no new sessions; HTTP 503
 )
 
 // Health is the body of GET /health. The caller's health function fills in
 // everything but Status, which the handler derives: draining when Draining
-// is set, degraded when AuditOK or IdentityOK is false, ok otherwise.
+// is set, degraded when AuditOK or IdentityOK is false or a check failed,
+// ok otherwise.
 type Health struct {
 	Status     string     `json:"status"`
 	Version    string     `json:"version"`
@@ -32,6 +35,9 @@ type Health struct {
 	// Draining is set once shutdown started (lame duck: /health fails
 	// first, so load balancers stop sending new work).
 	Draining bool `json:"draining"`
+	// Checks are the health definition's named checks (package health);
+	// any failed one makes the status degraded.
+	Checks []health.Check `json:"checks"`
 	// Problems are short operator-facing descriptions of what is wrong
 	// (e.g. the audit log's write error); never nil in the JSON.
 	Problems []string `json:"problems"`
@@ -45,7 +51,7 @@ func (h *Health) derive() int {
 	switch {
 	case h.Draining:
 		h.Status = StatusDraining
-	case !h.AuditOK || !h.IdentityOK:
+	case !h.AuditOK || !h.IdentityOK || !health.Healthy(h.Checks):
 		h.Status = StatusDegraded
 	default:
 		h.Status = StatusOK

@@ -8,6 +8,7 @@ import (
 
 	"github.com/packetparamedic/reflector/controlplane/admin"
 	"github.com/packetparamedic/reflector/controlplane/audit"
+	"github.com/packetparamedic/reflector/controlplane/health"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
@@ -26,21 +27,25 @@ type Status struct {
 	// when [metrics] listen_address is off.
 	MetricsAddress string `json:"metrics_address,omitempty"`
 	// Draining is set once shutdown started.
-	Draining     bool          `json:"draining,omitempty"`
-	Mode         string        `json:"mode"`
-	StateDir     string        `json:"state_dir"`
-	ConfigSource string        `json:"config_source"`
-	Version      string        `json:"version"`
-	Commit       string        `json:"commit"`
-	StartedAt    time.Time     `json:"started_at"`
-	UptimeSec    uint64        `json:"uptime_sec"`
-	AuditHealthy bool          `json:"audit_healthy"`
-	AuditError   string        `json:"audit_error,omitempty"`
-	Pairing      PairingStatus `json:"pairing"`
-	Peers        []peers.Entry `json:"peers"`
-	Connections  int           `json:"connections"`
-	Sessions     SessionStatus `json:"sessions"`
-	Stats        Stats         `json:"stats"`
+	Draining     bool      `json:"draining,omitempty"`
+	Mode         string    `json:"mode"`
+	StateDir     string    `json:"state_dir"`
+	ConfigSource string    `json:"config_source"`
+	Version      string    `json:"version"`
+	Commit       string    `json:"commit"`
+	StartedAt    time.Time `json:"started_at"`
+	UptimeSec    uint64    `json:"uptime_sec"`
+	// Healthy is true when every health check passes (package health);
+	// `reflector status` exits non-zero otherwise.
+	Healthy      bool           `json:"healthy"`
+	Checks       []health.Check `json:"checks"`
+	AuditHealthy bool           `json:"audit_healthy"`
+	AuditError   string         `json:"audit_error,omitempty"`
+	Pairing      PairingStatus  `json:"pairing"`
+	Peers        []peers.Entry  `json:"peers"`
+	Connections  int            `json:"connections"`
+	Sessions     SessionStatus  `json:"sessions"`
+	Stats        Stats          `json:"stats"`
 }
 
 // PairingStatus says whether a pairing window is open.
@@ -131,6 +136,8 @@ func (s *Server) Status() Status {
 	if err := s.AuditHealthy(); err != nil {
 		st.AuditHealthy, st.AuditError = false, err.Error()
 	}
+	st.Checks = s.HealthChecks()
+	st.Healthy = health.Healthy(st.Checks)
 	if open, exp := s.pairing.Active(); open {
 		e := exp.UTC()
 		st.Pairing = PairingStatus{Open: true, ExpiresAt: &e}

@@ -305,6 +305,9 @@ func (s *Server) dispatch(c *serverConn, reqID string, msg link.Message) bool {
 		if s.draining.Load() {
 			return s.reply(c, reqID, s.denyDraining(c, *m))
 		}
+		if err := s.health.Err(); err != nil {
+			return s.reply(c, reqID, s.denyUnhealthy(c, *m, err))
+		}
 		return s.reply(c, reqID, s.sessions.Request(c.ctx, c.peer, *m))
 	case *link.SessionClose:
 		return s.reply(c, reqID, s.sessions.Close(c.peer, m.TestID))

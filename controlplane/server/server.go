@@ -22,6 +22,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/admin"
 	"github.com/packetparamedic/reflector/controlplane/audit"
 	"github.com/packetparamedic/reflector/controlplane/config"
+	"github.com/packetparamedic/reflector/controlplane/health"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
@@ -101,6 +102,9 @@ type Server struct {
 	denials  *denialAggregator
 	stats    counters
 	metrics  *metrics.Metrics
+	// health is the one definition of healthy (package health): /health,
+	// `reflector status` and the session gate all read it.
+	health *health.Checker
 	// draining is set at the start of Shutdown: /health fails, session
 	// requests are refused with a retry hint, running tests may finish.
 	draining atomic.Bool
@@ -160,15 +164,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err := os.MkdirAll(cfg.State.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory %s: %w", cfg.State.Dir, err)
 	}
-	key, created, err := identity.LoadOrCreateKey(cfg.Identity.PrivateKeyPath)
+	key, origin, err := identity.LoadServerKey(cfg.Identity.PrivateKeyPath)
 	if err != nil {
 		return nil, fmt.Errorf("load identity: %w", err)
 	}
 	s.key = key
 	s.id = identity.IDFromPublicKey(key.Public().(ed25519.PublicKey))
-	if created {
-		s.log.Info().Str("path", cfg.Identity.PrivateKeyPath).Str("endpoint_id", s.id.String()).Msg("created a new identity key")
-	}
+	s.logKeyOrigin(origin)
 	if s.cert, err = identity.NewCertificate(key); err != nil {
 		return nil, err
 	}
@@ -189,6 +191,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.denials = newDenialAggregator(s.audit, maxDenialSources)
+	if origin == identity.KeyAdopted {
+		s.writeAudit(s.log, audit.Event{
+			EventType: audit.IdentityAdopted, Decision: "adopted",
+			Details: map[string]any{"from": identity.LegacyKeyPath(cfg.Identity.PrivateKeyPath), "to": cfg.Identity.PrivateKeyPath},
+		})
+	}
+	s.health = s.newHealth()
 	sessions := Sessions(NoSessions{})
 	if opts.NewSessions != nil {
 		sessions, err = opts.NewSessions(Env{
@@ -338,7 +347,7 @@ func (s *Server) banner(addr net.Addr) {
 		Str("state_dir", s.cfg.State.Dir).
 		Str("config", src).
 		Int("authorized_peers", len(s.peers.List())).
-		Msg("reflector serving pp-link/1")
+		Msg("reflector serving pp-link/1, Endpoint ID " + s.id.String())
 }
 
 // MetricsAddr returns the bound address of the /metrics and /health
@@ -352,9 +361,11 @@ func (s *Server) MetricsAddr() net.Addr {
 // Draining reports whether Shutdown has started.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// Health is the body of GET /health: audit log and identity state, the
-// drain flag, uptime and load averages.
+// Health is the body of GET /health: the health definition's checks
+// (package health), with audit, identity and drain state broken out, the
+// uptime and load averages.
 func (s *Server) Health() metrics.Health {
+	checks := s.HealthChecks()
 	h := metrics.Health{
 		Version:    buildinfo.Version,
 		EndpointID: s.id.String(),
@@ -362,17 +373,23 @@ func (s *Server) Health() metrics.Health {
 		AuditOK:    true,
 		IdentityOK: true,
 		Draining:   s.draining.Load(),
+		Checks:     checks,
 	}
-	if err := s.audit.Health(); err != nil {
-		h.AuditOK = false
-		h.Problems = append(h.Problems, "audit log: "+err.Error())
+	for _, ch := range checks {
+		if ch.OK {
+			continue
+		}
+		switch ch.Name {
+		case health.Audit:
+			h.AuditOK = false
+		case health.Identity:
+			h.IdentityOK = false
+		}
+		h.Problems = append(h.Problems, ch.Name+": "+ch.Problem)
 	}
 	if err := s.identityHealth(); err != nil {
 		h.IdentityOK = false
 		h.Problems = append(h.Problems, "identity: "+err.Error())
-	}
-	if h.Draining {
-		h.Problems = append(h.Problems, "shutting down")
 	}
 	// Snapshot returns what it could read; a missing load average is 0.
 	snap, _ := s.sampler.Snapshot()
