@@ -29,16 +29,23 @@ test:
 stress:
 	$(GO) test -tags stress -count=1 -timeout 15m -v ./stress/...
 
-## test-short: quick run without the race detector and without long interop cases.
+## test-short: quick run without the race detector; -short skips every test
+## that starts an external program (testutil.LookBinary: stock iperf3, openssl,
+## promtool, buildah, rpm, dpkg), the built binary (testutil.ReflectorBinary)
+## or network namespaces, and the timed cases of the iperf3 client matrix.
 test-short:
 	$(GO) test -short -count=1 ./...
 
-## lint: gofmt, go vet, staticcheck.
+## lint: gofmt, go.mod/go.sum tidy, go vet (also the stress-tagged files and
+## GOOS=darwin), staticcheck (with the stress tag: no file is !stress, so
+## that covers every file).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
-	GOOS=darwin $(GO) vet ./...
-	$(GO) run $(STATICCHECK) ./...
+	$(GO) vet -tags stress ./...
+	GOOS=darwin $(GO) vet -tags stress ./...
+	$(GO) run $(STATICCHECK) -tags stress ./...
 
 ## fuzz: a short bounded run of every fuzz target (FUZZTIME each). Go 1.26's
 ## fuzz coordinator can end a clean run with a bare "context deadline exceeded"

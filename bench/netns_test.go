@@ -192,7 +192,7 @@ func requireNetns(t *testing.T) {
 }
 
 // reflectorBinary returns the reflector binary under test: $REFLECTOR_BENCH_BIN
-// when set, otherwise one built from this checkout into a temporary directory.
+// when set, otherwise testutil.ReflectorBinary (built from this checkout).
 func reflectorBinary(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv(reflectorBinEnv); p != "" {
@@ -202,19 +202,7 @@ func reflectorBinary(t *testing.T) string {
 		}
 		return abs
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("find the go command to build the reflector (or set %s): %v", reflectorBinEnv, err)
-	}
-	bin := filepath.Join(t.TempDir(), "reflector")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "github.com/packetparamedic/reflector/cmd/reflector")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the reflector: %v\n%s", err, out)
-	}
-	return bin
+	return testutil.ReflectorBinary(t)
 }
 
 // shapedLink is a veth pair between two network namespaces created for one

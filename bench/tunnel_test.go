@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/controlplane/server/servertest"
 	"github.com/packetparamedic/reflector/controlplane/session"
+	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
 // The tunnel benchmarks run the whole reflector (control plane, session,
@@ -40,7 +40,7 @@ func benchReflector(b *testing.B, mode string) *client.Client {
 	b.Helper()
 	h := servertest.Start(b, func(c *config.Config) {
 		c.Network.Mode = mode
-		base := 20000 + rand.IntN(12000) // below the ephemeral range
+		base := testutil.PortRange(b, 10)
 		c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 		c.Quotas.CooldownSec = 0
 		c.Quotas.MaxTestsPerHourPerPeer = 1000

@@ -10,53 +10,18 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
-// testVersion is stamped into the binary the image and package tests use.
-const testVersion = "0.0.0-deploytest"
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binOut  []byte
-	binDir  string
-)
-
-// reflectorBinary builds cmd/reflector once per test binary, statically,
-// with testVersion stamped in.
-func reflectorBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "reflector-deploy-bin-")
-		if binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "reflector")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath,
-			"-ldflags", "-s -w -X github.com/packetparamedic/reflector/internal/buildinfo.Version="+testVersion,
-			"./cmd/reflector")
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		binOut, binErr = cmd.CombinedOutput()
-	})
-	if binErr != nil {
-		t.Fatalf("go build ./cmd/reflector: %v\n%s", binErr, binOut)
-	}
-	return binPath
-}
-
+// The image and package tests use testutil.ReflectorBinary (static, with
+// testutil.BinaryVersion stamped in), removed at exit by testutil.Run; the
+// test image is removed too.
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := testutil.Run(m)
 	removeDockerImage()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
 	os.Exit(code)
 }
 
@@ -119,8 +84,9 @@ var noUserNamespaceMarkers = []string{
 }
 
 func TestImageBuildLocal(t *testing.T) {
+	testutil.SkipIfShort(t, "builds a container image")
 	buildah := testutil.LookBinary(t, "buildah")
-	root := stageTree(t, reflectorBinary(t))
+	root := stageTree(t, testutil.ReflectorBinary(t))
 	store := t.TempDir()
 	args := func(a ...string) []string {
 		return append([]string{"--root", filepath.Join(store, "root"), "--runroot", filepath.Join(store, "run"), "--storage-driver", "vfs"}, a...)

@@ -93,9 +93,9 @@ func dockerImage(t *testing.T, docker string) string {
 	t.Helper()
 	imageOnce.Do(func() {
 		tag := uniq("localhost/reflector-deploytest-") + ":latest"
-		root := stageTree(t, reflectorBinary(t))
+		root := stageTree(t, testutil.ReflectorBinary(t))
 		cmd := exec.Command(docker, "build", "-q", "-f", "deploy/container/Containerfile.local",
-			"--build-arg", "VERSION="+testVersion, "--build-arg", "COMMIT=deploytest", "-t", tag, ".")
+			"--build-arg", "VERSION="+testutil.BinaryVersion, "--build-arg", "COMMIT=deploytest", "-t", tag, ".")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			imageErr = fmt.Errorf("docker build: %w\n%s", err, out)
@@ -225,8 +225,8 @@ func TestDockerRun(t *testing.T) {
 		t.Errorf("container user %q", user)
 	}
 	labels := must(t, docker, nil, "inspect", "-f", `{{index .Config.Labels "org.opencontainers.image.version"}} {{index .Config.Labels "org.opencontainers.image.revision"}}`, img)
-	if strings.TrimSpace(labels) != testVersion+" deploytest" {
-		t.Errorf("OCI version/revision labels %q, want the build args %s deploytest", labels, testVersion)
+	if strings.TrimSpace(labels) != testutil.BinaryVersion+" deploytest" {
+		t.Errorf("OCI version/revision labels %q, want the build args %s deploytest", labels, testutil.BinaryVersion)
 	}
 
 	// A client on the host pairs and runs a tunneled test.
@@ -235,7 +235,7 @@ func TestDockerRun(t *testing.T) {
 	if pid != id {
 		t.Fatalf("pair printed %s, show-id %s", pid, id)
 	}
-	bin := reflectorBinary(t)
+	bin := testutil.ReflectorBinary(t)
 	key := filepath.Join(t.TempDir(), "client.ed25519")
 	must(t, bin, nil, "pair-with", "--peer", addr, "--token", token, "--expect-id", id, "--identity", key)
 	out := must(t, bin, nil, "test", "--peer", addr, "--identity", key, "--expect-id", id, "--json", "throughput", "-t", "1", "-P", "2")
@@ -494,7 +494,7 @@ func TestDeployGuideContainerCommands(t *testing.T) {
 	if strings.Contains(guide, " /reflector ") || strings.Contains(guide, `"/reflector"`) {
 		t.Error("DEPLOY.md still runs /reflector: the binary is /usr/local/bin/reflector, on PATH")
 	}
-	bin := reflectorBinary(t)
+	bin := testutil.ReflectorBinary(t)
 	seen := map[string]bool{}
 	for _, m := range containerCommand.FindAllStringSubmatch(guide, -1) {
 		cmd := m[1]

@@ -131,10 +131,15 @@ func clientCases() []clientCase {
 	}
 }
 
-// TestClientAgainstOurServer runs our client against our server.
+// TestClientAgainstOurServer runs our client against our server. Under
+// -short only the cases bounded by a byte or block count run (they end as
+// soon as the data is through; the timed ones take a second or two each).
 func TestClientAgainstOurServer(t *testing.T) {
 	for _, tc := range clientCases() {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.cfg.Duration != 0 {
+				testutil.SkipIfShort(t, "a timed case")
+			}
 			ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
 			d := &NetDialer{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(ts.port))}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -44,7 +44,7 @@ func TestStressDataPlaneClosed(t *testing.T) {
 		ids[i] = servertest.ID(keys[i]).String()
 	}
 	h := servertest.Start(t, func(c *config.Config) {
-		directConfig(c)
+		directConfig(t, c)
 		c.Quotas.MaxConcurrentTests = planeWorkers
 		c.Access.AuthorizedPeers = ids
 	}, server.Options{NewSessions: session.NewSessions})

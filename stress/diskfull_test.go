@@ -43,7 +43,7 @@ func TestStressAuditDiskFull(t *testing.T) {
 	})
 	key := servertest.NewKey(t)
 	h := servertest.Start(t, func(c *config.Config) {
-		directConfig(c)
+		directConfig(t, c)
 		c.Access.AuthorizedPeers = []string{servertest.ID(key).String()}
 		c.Logging.AuditLogPath = filepath.Join(mnt, "audit.jsonl")
 		c.Metrics.ListenAddress = "127.0.0.1:0"
@@ -215,7 +215,7 @@ func health(t *testing.T, url string) (int, string) {
 // and the exit code (1 when unhealthy).
 func reflectorStatus(t *testing.T, cfgPath string) (server.Status, int) {
 	t.Helper()
-	out, err := exec.Command(exe, "status", "--json", "-c", cfgPath).Output()
+	out, err := exec.Command(testutil.ReflectorBinary(t), "status", "--json", "-c", cfgPath).Output()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

@@ -37,7 +37,7 @@ func newBinServer(t *testing.T, owner ed25519.PrivateKey, edits ...func(*config.
 	t.Helper()
 	dir := servertest.StateDir(t)
 	cfg := servertest.Config(dir)
-	directConfig(cfg)
+	directConfig(t, cfg)
 	cfg.Access.AuthorizedPeers = []string{servertest.ID(owner).String()}
 	for _, edit := range edits {
 		edit(cfg)
@@ -58,7 +58,7 @@ func newBinServer(t *testing.T, owner ed25519.PrivateKey, edits ...func(*config.
 // start runs the binary and waits until key can say hello.
 func (b *binServer) start(key ed25519.PrivateKey) *client.Client {
 	b.t.Helper()
-	b.cmd = exec.Command(exe, "serve", "-c", b.cfgPath)
+	b.cmd = exec.Command(testutil.ReflectorBinary(b.t), "serve", "-c", b.cfgPath)
 	if err := b.cmd.Start(); err != nil {
 		b.t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func TestStressFloods(t *testing.T) {
 	needFDs(t, 4*silentInFlight+1000)
 	peerKey := servertest.NewKey(t)
 	h := servertest.Start(t, func(c *config.Config) {
-		directConfig(c)
+		directConfig(t, c)
 		c.Access.AuthorizedPeers = []string{servertest.ID(peerKey).String()}
 		c.Limits.HandshakeTimeoutSec = 1
 		c.Limits.MaxHandshakes = 1024

@@ -8,12 +8,8 @@ import (
 	"crypto/ed25519"
 	"crypto/tls"
 	"encoding/json"
-	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -24,26 +20,14 @@ import (
 	"github.com/packetparamedic/reflector/client"
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/server/servertest"
+	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
-// exe is the reflector binary built once by TestMain.
-var exe string
-
+// TestMain raises the descriptor limit; testutil.Run removes the binary
+// testutil.ReflectorBinary builds for the process tests.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rflstress")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	exe = filepath.Join(dir, "reflector")
-	if out, err := exec.Command("go", "build", "-o", exe, "../cmd/reflector").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build reflector: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	raiseNOFILE()
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testutil.Run(m))
 }
 
 // raiseNOFILE lifts the soft descriptor limit to the hard one: the floods
@@ -123,11 +107,11 @@ func settle(t *testing.T, what string, goroutines, fds, slack int) (int, int) {
 	}
 }
 
-// directConfig switches cfg to direct_ephemeral with a random 10-port range
+// directConfig switches cfg to direct_ephemeral with a free 10-port range
 // and generous quotas.
-func directConfig(c *config.Config) {
+func directConfig(t testing.TB, c *config.Config) {
 	c.Network.Mode = config.ModeDirectEphemeral
-	base := 20000 + rand.IntN(40000)
+	base := testutil.PortRange(t, 10)
 	c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 	c.Quotas.MaxConcurrentTests = 8
 	c.Quotas.MaxTestsPerHourPerPeer = 100000

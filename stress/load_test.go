@@ -50,7 +50,7 @@ func TestStressLoadHeld(t *testing.T) {
 	tester := servertest.NewKey(t)
 	ids[idleKeys] = servertest.ID(tester).String()
 	h := servertest.Start(t, func(c *config.Config) {
-		directConfig(c)
+		directConfig(t, c)
 		c.Access.AuthorizedPeers = ids
 		c.Limits.MaxControlConnections = idlePeers + 100
 	}, server.Options{NewSessions: session.NewSessions})

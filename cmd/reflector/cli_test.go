@@ -70,7 +70,7 @@ func TestGlobalFlagsAndVersion(t *testing.T) {
 func TestGuideCommandsAsWritten(t *testing.T) {
 	env := testEnv(t, t.TempDir())
 	cfg, _ := writeConfig(t, "")
-	p := &proc{cmd: exec.Command(bin, "-c", cfg, "serve"), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(testutil.ReflectorBinary(t), "-c", cfg, "serve"), done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -205,7 +205,7 @@ func TestAuditFollowAcrossCopytruncate(t *testing.T) {
 	if err := log.Write(audit.Event{EventType: audit.PairingEnabled}); err != nil { // before --follow: not shown
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-c", cfg, "audit", "--follow", "--json")
+	cmd := exec.Command(testutil.ReflectorBinary(t), "-c", cfg, "audit", "--follow", "--json")
 	cmd.Env = env
 	var out, errb syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -23,35 +23,10 @@ import (
 	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
-// bin is the reflector binary built once for all tests.
-var bin string
-
-func TestMain(m *testing.M) {
-	os.Exit(buildAndRun(m))
-}
-
-func buildAndRun(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "reflector-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	// Readable by an unprivileged user, for the state fallback test.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	bin = filepath.Join(dir, "reflector")
-	// go test puts its own GOROOT/bin first in PATH.
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build reflector:", err)
-		return 1
-	}
-	return m.Run()
-}
+// The tests that run the reflector as a process use
+// testutil.ReflectorBinary (built once, readable by an unprivileged user for
+// the state fallback test), removed at exit by testutil.Run.
+func TestMain(m *testing.M) { os.Exit(testutil.Run(m)) }
 
 // syncBuffer is a bytes.Buffer safe for a process writer and a reader.
 type syncBuffer struct {
@@ -92,7 +67,7 @@ func runBin(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd := exec.CommandContext(ctx, testutil.ReflectorBinary(t), args...)
 	cmd.Env = env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -119,7 +94,7 @@ type proc struct {
 
 func startServe(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, append([]string{"serve"}, args...)...), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(testutil.ReflectorBinary(t), append([]string{"serve"}, args...)...), done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -464,7 +439,7 @@ func TestServeStateFallback(t *testing.T) {
 		_ = os.Remove(f.Name())
 		t.Skip("/var/lib/reflector is writable by this user: the fallback does not apply")
 	}
-	cmd := exec.Command(bin, "serve", "--bind", "127.0.0.1:0")
+	cmd := exec.Command(testutil.ReflectorBinary(t), "serve", "--bind", "127.0.0.1:0")
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	var out syncBuffer
@@ -509,7 +484,7 @@ func TestServeStateFallback(t *testing.T) {
 // returns the process and the bound address from its log.
 func startIperf3Server(t *testing.T, listen string, extra ...string) (*exec.Cmd, *syncBuffer, chan error, string) {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"iperf3-server", "--listen", listen, "--json"}, extra...)...)
+	cmd := exec.Command(testutil.ReflectorBinary(t), append([]string{"iperf3-server", "--listen", listen, "--json"}, extra...)...)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,7 +37,7 @@ func lifecycleServe(t *testing.T, grace int) (*proc, serveStatus, identity.Endpo
 	keyFile := filepath.Join(t.TempDir(), "client.key")
 	id := showID(t, env, "--identity", keyFile)
 	state := servertest.StateDir(t)
-	base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
+	base := testutil.PortRange(t, 10)
 	body := fmt.Sprintf(`[network]
 listen_address = "127.0.0.1:0"
 mode = "direct_ephemeral"

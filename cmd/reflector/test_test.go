@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/server"
 	"github.com/packetparamedic/reflector/controlplane/server/servertest"
 	"github.com/packetparamedic/reflector/controlplane/session"
+	"github.com/packetparamedic/reflector/internal/testutil"
 )
 
 // testHarness starts a reflector with sessions in mode and an authorized
@@ -24,7 +24,7 @@ func testHarness(t *testing.T, mode string) (*servertest.Harness, string) {
 	t.Helper()
 	h := servertest.Start(t, func(c *config.Config) {
 		c.Network.Mode = mode
-		base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
+		base := testutil.PortRange(t, 10)
 		c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 	}, server.Options{NewSessions: session.NewSessions})
 	keyPath := filepath.Join(t.TempDir(), "client.ed25519")

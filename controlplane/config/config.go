@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/packetparamedic/reflector/controlplane/link"
 )
 
 // Data plane modes (network.mode).
@@ -151,7 +153,7 @@ func Default() *Config {
 	c := &Config{
 		Network: NetworkConfig{
 			ListenAddress:      "0.0.0.0:4000",
-			ALPN:               "pp-link/1",
+			ALPN:               link.ALPN,
 			Mode:               ModeTunneled,
 			DataPortRangeStart: 5201,
 			DataPortRangeEnd:   5210,

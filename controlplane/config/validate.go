@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
 )
 
 // Bounds that are not a matter of taste.
@@ -40,7 +41,7 @@ func (c *Config) validate() []error {
 
 	listenPort := v.hostPort("network.listen_address", c.Network.ListenAddress)
 	if c.Network.ALPN == "" || len(c.Network.ALPN) > maxALPNLen {
-		v.add("network.alpn", strconv.Quote(c.Network.ALPN), fmt.Sprintf("must be 1 to %d bytes (e.g. \"pp-link/1\")", maxALPNLen))
+		v.add("network.alpn", strconv.Quote(c.Network.ALPN), fmt.Sprintf("must be 1 to %d bytes (e.g. %q)", maxALPNLen, link.ALPN))
 	}
 	if c.Network.Mode != ModeTunneled && c.Network.Mode != ModeDirectEphemeral && c.Network.Mode != ModeAuto {
 		v.add("network.mode", strconv.Quote(c.Network.Mode), "unknown mode; allowed: \""+ModeTunneled+"\", \""+ModeDirectEphemeral+"\", \""+ModeAuto+"\"")

@@ -22,6 +22,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/config"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
@@ -241,7 +242,7 @@ func checkTLS(ctx context.Context, d time.Duration) Check {
 }
 
 func tlsLoopback(ctx context.Context, d time.Duration) (float64, error) {
-	const alpn = "pp-link/1"
+	const alpn = link.ALPN
 	srvCert, srvID, err := ephemeralCert()
 	if err != nil {
 		return 0, err

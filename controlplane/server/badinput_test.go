@@ -11,7 +11,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/big"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -40,7 +39,7 @@ func badInputHarness(t *testing.T) (h *servertest.Harness, attacker ed25519.Priv
 		c.Limits.NewConnsBurstPerAddr = 1000
 		c.Limits.HandshakeTimeoutSec = 2
 		c.Network.Mode = config.ModeDirectEphemeral
-		base := 20000 + rand.IntN(40000)
+		base := testutil.PortRange(t, 10)
 		c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 	}, server.Options{NewSessions: session.NewSessions})
 	bystander = h.Dial(by)

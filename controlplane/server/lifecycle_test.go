@@ -72,9 +72,13 @@ func sample(body, series string) float64 {
 	return -1
 }
 
-// promtoolCheck runs `promtool check metrics` on a /metrics body.
+// promtoolCheck runs `promtool check metrics` on a /metrics body. With
+// -short it does nothing, so the caller's own checks still count as a pass.
 func promtoolCheck(t *testing.T, body string) {
 	t.Helper()
+	if testing.Short() {
+		return
+	}
 	bin := testutil.LookBinary(t, "promtool")
 	cmd := exec.Command(bin, "check", "metrics")
 	cmd.Stdin = strings.NewReader(body)

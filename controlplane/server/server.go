@@ -25,6 +25,7 @@ import (
 	"github.com/packetparamedic/reflector/controlplane/health"
 	"github.com/packetparamedic/reflector/controlplane/hostinfo"
 	"github.com/packetparamedic/reflector/controlplane/identity"
+	"github.com/packetparamedic/reflector/controlplane/link"
 	"github.com/packetparamedic/reflector/controlplane/metrics"
 	"github.com/packetparamedic/reflector/controlplane/pairing"
 	"github.com/packetparamedic/reflector/controlplane/peers"
@@ -193,7 +194,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	alpn := cfg.Network.ALPN
 	if alpn == "" {
-		alpn = config.Default().Network.ALPN
+		alpn = link.ALPN
 	}
 	s.tlsConf = identity.ServerTLSConfig(s.cert, alpn)
 	s.tlsConf.GetConfigForClient = clientHelloArrived

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -134,7 +133,7 @@ func newFixture(t *testing.T, tweak func(*config.Config)) *fixture {
 	cfg.State.Dir = t.TempDir()
 	cfg.Network.ListenAddress = "127.0.0.1:0"
 	cfg.Network.Mode = config.ModeDirectEphemeral
-	base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
+	base := testutil.PortRange(t, 10)
 	cfg.Network.DataPortRangeStart, cfg.Network.DataPortRangeEnd = base, base+9
 	if tweak != nil {
 		tweak(cfg)

@@ -52,7 +52,7 @@ func scrape(t *testing.T, m *metrics.Metrics, names ...string) map[string]float6
 func TestSessionMetrics(t *testing.T) {
 	m := metrics.New("v", "c")
 	h := servertest.Start(t, func(c *config.Config) {
-		directEdit(c)
+		directEdit(t, c)
 		c.Quotas.MaxTestsPerHourPerPeer = 1
 	}, server.Options{NewSessions: session.NewSessions, Metrics: m})
 	key := servertest.NewKey(t)

@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -27,10 +26,10 @@ import (
 
 func ptr[T any](v T) *T { return &v }
 
-// directEdit switches a harness to direct_ephemeral with a random range.
-func directEdit(c *config.Config) {
+// directEdit switches a harness to direct_ephemeral with a free range.
+func directEdit(t testing.TB, c *config.Config) {
 	c.Network.Mode = config.ModeDirectEphemeral
-	base := 20000 + rand.IntN(12000) // below the ephemeral range (32768+)
+	base := testutil.PortRange(t, 10)
 	c.Network.DataPortRangeStart, c.Network.DataPortRangeEnd = base, base+9
 }
 
@@ -49,7 +48,7 @@ func completed(events []audit.Event, testID string) *audit.Event {
 // session_close.
 func TestServerApplianceSequence(t *testing.T) {
 	bin := testutil.LookBinary(t, "iperf3")
-	h := servertest.Start(t, directEdit, server.Options{NewSessions: session.NewSessions})
+	h := servertest.Start(t, func(c *config.Config) { directEdit(t, c) }, server.Options{NewSessions: session.NewSessions})
 	key := servertest.NewKey(t)
 	h.Authorize(key)
 	c := h.Dial(key)
@@ -115,7 +114,7 @@ func TestServerApplianceSequence(t *testing.T) {
 // (deny_reasons_v2) is denied resource_exhausted.
 func TestServerDenyReasonByHello(t *testing.T) {
 	h := servertest.Start(t, func(c *config.Config) {
-		directEdit(c)
+		directEdit(t, c)
 		c.Network.DataPortRangeEnd = c.Network.DataPortRangeStart
 		c.Quotas.MaxConcurrentTests = 3
 	}, server.Options{NewSessions: session.NewSessions})
@@ -161,16 +160,13 @@ type binServer struct {
 	key                ed25519.PrivateKey
 }
 
-// newBinServer builds the binary and writes a direct_ephemeral
+// newBinServer takes the built binary and writes a direct_ephemeral
 // configuration (edited by edit) that authorizes a fresh client key.
 func newBinServer(t *testing.T, edit func(*config.Config)) *binServer {
 	t.Helper()
-	b := &binServer{t: t, exe: filepath.Join(t.TempDir(), "reflector"), dir: servertest.StateDir(t), key: servertest.NewKey(t)}
-	if out, err := exec.Command("go", "build", "-o", b.exe, "../../cmd/reflector").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	b := &binServer{t: t, exe: testutil.ReflectorBinary(t), dir: servertest.StateDir(t), key: servertest.NewKey(t)}
 	cfg := servertest.Config(b.dir)
-	directEdit(cfg)
+	directEdit(t, cfg)
 	cfg.Access.AuthorizedPeers = []string{servertest.ID(b.key).String()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -302,7 +298,7 @@ func TestServerKill9MidTest(t *testing.T) {
 func TestServerCorruptQuotaFileRefusesStart(t *testing.T) {
 	dir := servertest.StateDir(t)
 	cfg := servertest.Config(dir)
-	directEdit(cfg)
+	directEdit(t, cfg)
 	if err := os.WriteFile(cfg.QuotaFile(), []byte(`{"version": 1, "peers": {`), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 // Package testutil holds helpers shared by the project's tests: locating
-// external interop peers (stock iperf3, openssl) and polling with deadlines
-// instead of sleeping.
+// external interop peers (stock iperf3, openssl), polling with deadlines
+// instead of sleeping, the reflector binary built once per test process, free
+// data-port ranges, and what -short leaves out.
 package testutil
 
 import (
@@ -16,9 +17,11 @@ const RequireInteropEnv = "REFLECTOR_REQUIRE_INTEROP"
 
 // LookBinary returns the path of an external program the test needs. When it
 // is missing the test is skipped with a loud message, or fails when
-// REFLECTOR_REQUIRE_INTEROP is set (as in CI).
+// REFLECTOR_REQUIRE_INTEROP is set (as in CI). Under -short it skips the
+// test whatever is installed: the quick run starts no external program.
 func LookBinary(t testing.TB, name string) string {
 	t.Helper()
+	SkipIfShort(t, "runs "+name)
 	p, err := exec.LookPath(name)
 	if err == nil {
 		return p
@@ -48,5 +51,16 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 		if wait < 50*time.Millisecond {
 			wait *= 2
 		}
+	}
+}
+
+// SkipIfShort skips the test under `go test -short` (make test-short), giving
+// why it is not part of the quick run. It wins over REFLECTOR_REQUIRE_INTEROP:
+// CI runs the full suite without -short, where these tests run and fail
+// loudly when a tool is missing.
+func SkipIfShort(t testing.TB, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipped with -short: " + why)
 	}
 }

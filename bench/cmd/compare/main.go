@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/bench/internal/iperfrun"
+	"github.com/packetparamedic/reflector/internal/freeport"
 )
 
 // Goals from the acceptance of the native data plane, on loopback in the
@@ -184,16 +185,16 @@ func compare(ctx context.Context, o options, log io.Writer) ([]caseResult, error
 	if _, err := os.Stat(o.reflector); err != nil {
 		return nil, fmt.Errorf("reflector binary: %w", err)
 	}
-	stockPort, err := freePort()
+	stockPort, err := freeport.Port(true)
 	if err != nil {
 		return nil, err
 	}
-	oursPort, err := freePort()
+	oursPort, err := freeport.Port(true)
 	if err != nil {
 		return nil, err
 	}
 	for oursPort == stockPort {
-		if oursPort, err = freePort(); err != nil {
+		if oursPort, err = freeport.Port(true); err != nil {
 			return nil, err
 		}
 	}
@@ -355,23 +356,4 @@ func printTable(w io.Writer, results []caseResult, o options) {
 			stockLoss, oursLoss, r.Goal, cpuGoal, verdict(r))
 	}
 	_ = tw.Flush()
-}
-
-// freePort returns a loopback port that is free for both TCP and UDP at the
-// time of the call (iperf3 uses the same number for both).
-func freePort() (int, error) {
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("find a free port: %w", err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, uerr := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		_ = ln.Close()
-		if uerr == nil {
-			_ = pc.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("find a free port: no port free for both TCP and UDP")
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/packetparamedic/reflector/internal/freeport"
 )
 
 // sockperfOneWay is sockperf 3.7 ping-pong output without --full-rtt,
@@ -137,7 +139,7 @@ func TestMedianAndSummary(t *testing.T) {
 }
 
 func TestFreeRange(t *testing.T) {
-	base, err := freeRange(dataPorts, 0)
+	base, err := freeport.Range(dataPorts, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

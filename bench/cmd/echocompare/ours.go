@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/bench/internal/iperfrun"
+	"github.com/packetparamedic/reflector/internal/freeport"
 )
 
 // dataPorts is the size of our server's data port range.
@@ -54,12 +55,12 @@ func startOurs(ctx context.Context, o options, dir string) (*oursServer, error) 
 		return nil, fmt.Errorf("reflector show-id --identity %s: %w", s.keyPath, err)
 	}
 	clientID := strings.TrimSpace(string(out))
-	port, err := freePort(true)
+	port, err := freeport.Port(true)
 	if err != nil {
 		return nil, err
 	}
 	s.addr = "127.0.0.1:" + strconv.Itoa(port)
-	if s.portLo, err = freeRange(dataPorts, port); err != nil {
+	if s.portLo, err = freeport.Range(dataPorts, port); err != nil {
 		return nil, err
 	}
 	s.portHi = s.portLo + dataPorts - 1

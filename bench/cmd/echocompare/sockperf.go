@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/bench/internal/iperfrun"
+	"github.com/packetparamedic/reflector/internal/freeport"
 )
 
 // sockperfServer is `sockperf server` on a free UDP port of 127.0.0.1.
@@ -32,7 +33,7 @@ func (s *sockperfServer) stop() { s.proc.Stop() }
 const sockperfReady = "to block on socket"
 
 func startSockperf(ctx context.Context, o options, exe string) (*sockperfServer, error) {
-	port, err := freePort(false)
+	port, err := freeport.Port(false)
 	if err != nil {
 		return nil, err
 	}
