@@ -29,6 +29,9 @@ type binServer struct {
 	cfg     *config.Config
 	cfgPath string
 	cmd     *exec.Cmd
+	// exe, when set, is the binary start runs instead of the one this
+	// tree builds (a before/after figure against an older build).
+	exe string
 }
 
 // newBinServer writes a direct_ephemeral config authorizing owner to a
@@ -58,7 +61,11 @@ func newBinServer(t *testing.T, owner ed25519.PrivateKey, edits ...func(*config.
 // start runs the binary and waits until key can say hello.
 func (b *binServer) start(key ed25519.PrivateKey) *client.Client {
 	b.t.Helper()
-	b.cmd = exec.Command(testutil.ReflectorBinary(b.t), "serve", "-c", b.cfgPath)
+	exe := b.exe
+	if exe == "" {
+		exe = testutil.ReflectorBinary(b.t)
+	}
+	b.cmd = exec.Command(exe, "serve", "-c", b.cfgPath)
 	if err := b.cmd.Start(); err != nil {
 		b.t.Fatal(err)
 	}

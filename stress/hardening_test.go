@@ -66,9 +66,7 @@ func TestStressFrameMemory(t *testing.T) {
 		if err := os.WriteFile(b.cfgPath, newKeysRE.ReplaceAll(raw, nil), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		saved := exe
-		exe = old
-		defer func() { exe = saved }()
+		b.exe = old
 	}
 	first := b.start(owner)
 	defer first.Close()
