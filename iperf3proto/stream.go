@@ -50,16 +50,19 @@ type stream struct {
 }
 
 // sendLimit is a test-wide budget of bytes for senders (-n / -k); zero
-// means unlimited.
+// means unlimited. While omitting (the -O period) it lets everything
+// through, and restart starts counting when the period ends, so the
+// budget bounds the measured bytes as in iperf3.
 type sendLimit struct {
-	limit int64
-	used  atomic.Int64
+	limit    int64
+	used     atomic.Int64
+	omitting atomic.Bool
 }
 
 // take reserves up to n bytes, returning how many may be sent (0 = stop);
 // the last block is trimmed so the total is exactly the limit.
 func (l *sendLimit) take(n int) int {
-	if l == nil || l.limit == 0 {
+	if l == nil || l.limit == 0 || l.omitting.Load() {
 		return n
 	}
 	u := l.used.Add(int64(n))
@@ -68,6 +71,14 @@ func (l *sendLimit) take(n int) int {
 		return 0
 	}
 	return int(min(int64(n), l.limit-before))
+}
+
+// restart starts the budget over (the omit period ended); nil-safe.
+func (l *sendLimit) restart() {
+	if l != nil {
+		l.used.Store(0)
+		l.omitting.Store(false)
+	}
 }
 
 // pacer spaces sends so that the average rate stays at most bps bits/s,
