@@ -1,13 +1,10 @@
 package iperf3proto
 
 import (
-	"errors"
-	"fmt"
 	"math"
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -71,6 +68,13 @@ func (l *sendLimit) take(n int) int {
 		return 0
 	}
 	return int(min(int64(n), l.limit-before))
+}
+
+// giveBack returns n reserved bytes that were not sent; nil-safe.
+func (l *sendLimit) giveBack(n int64) {
+	if l != nil && l.limit != 0 && n > 0 && !l.omitting.Load() {
+		l.used.Add(-n)
+	}
 }
 
 // restart starts the budget over (the omit period ended); nil-safe.
@@ -149,80 +153,6 @@ func (s *stream) runTCPReceiver(lowat int, meter *atomic.Int64) {
 		s.bytes.Add(int64(n))
 		meter.Add(int64(n))
 	})
-}
-
-// runUDPSender sends datagrams with the iperf3 header until stop, an
-// unrecoverable error or the budget.
-func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
-	defer close(s.done)
-	buf := make([]byte, blk)
-	copy(buf, p.bytes())
-	pc := pacer{bps: bps, start: time.Now()}
-	var seq uint64
-	softErrors := 0
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		if lim.take(blk) == 0 || !pc.wait(blk, stop) {
-			return
-		}
-		now := time.Now()
-		seq++
-		h := UDPHeader{Sec: uint32(now.Unix()), Usec: uint32(now.Nanosecond() / 1000), Seq: seq}
-		_, _ = h.Encode(buf, c64)
-		w, err := s.conn.Write(buf)
-		if err != nil {
-			seq--
-			// The peer's socket may not be ready yet (ICMP unreachable) or
-			// the send buffer is full: retry a bounded number of times. A
-			// datagram too large for the path never fits: give up at once.
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return
-			}
-			softErrors++
-			if softErrors > 1000 || errors.Is(err, syscall.EMSGSIZE) {
-				s.sendErr = fmt.Errorf("udp stream %d: send %d-byte datagrams: %w", s.id, blk, err)
-				return
-			}
-			continue
-		}
-		softErrors = 0
-		s.packets.Store(int64(seq))
-		s.bytes.Add(int64(w))
-		meter.Add(int64(w))
-	}
-}
-
-// runUDPReceiver reads datagrams until the connection is closed, updating
-// the statistics while counting is on and draining afterwards.
-func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
-	defer close(s.done)
-	buf := make([]byte, 64<<10)
-	hl := UDPHeaderLen(c64)
-	for {
-		n, err := s.conn.Read(buf)
-		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // an ICMP error from the peer: keep reading
-			}
-			return
-		}
-		now := time.Now()
-		s.mu.Lock()
-		if s.count {
-			s.bytes.Add(int64(n))
-			meter.Add(int64(n))
-			if n >= hl {
-				h, _ := DecodeUDPHeader(buf[:n], c64)
-				s.stats.Add(h, n, now)
-			}
-		}
-		s.mu.Unlock()
-	}
 }
 
 // markOmitEnd snapshots counters at the end of the omit period.
