@@ -227,28 +227,68 @@ func interopCases() []interopCase {
 
 // TestInteropStockClient runs the stock iperf3 client against our server.
 func TestInteropStockClient(t *testing.T) {
-	testutil.LookBinary(t, "iperf3")
+	bin := testutil.LookBinary(t, "iperf3")
 	for _, tc := range interopCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			host := tc.host
-			if host == "" {
-				host = "127.0.0.1"
+		t.Run(tc.name, func(t *testing.T) { runInteropCase(t, bin, tc) })
+	}
+}
+
+// runInteropCase runs client bin with the case's flags against our server.
+func runInteropCase(t *testing.T, bin string, tc interopCase) {
+	host := tc.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	ts := startServer(t, host, ServerConfig{}, 1)
+	args := append([]string{"-c", host, "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)
+	j, out := runIperf3Bin(t, bin, args...)
+	r := ts.result(t)
+	if j.Error != "" {
+		t.Fatalf("client error %q; server %+v", j.Error, r)
+	}
+	if r.EndReason != EndDone {
+		t.Fatalf("server end %q err %v", r.EndReason, r.Err)
+	}
+	tc.check(t, j, r)
+	if t.Failed() {
+		t.Logf("client JSON: %.3000s", out)
+	}
+}
+
+// upstreamIperf3 is the command of an upstream iperf3 3.20+ (with --gsro)
+// that .ci/iperf3-upstream.sh installs from Debian's packages.
+const upstreamIperf3 = "iperf3-upstream"
+
+// gsro checks that the client asked for GSO/GRO and then checks next.
+func gsro(next func(t *testing.T, j *iperfJSON, r *TestResult)) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		if r.Params.GSO == 0 || r.Params.GRO == 0 || r.Params.GSODgSize == 0 {
+			t.Errorf("client did not send the gso/gro parameters: %+v", r.Params)
+		}
+		next(t, j, r)
+	}
+}
+
+// TestInteropUpstreamClient runs an upstream iperf3 (3.20+) client against
+// our server, with and without --gsro (GSO/GRO on both ends): its
+// datagrams arrive coalesced and ours leave segmented.
+func TestInteropUpstreamClient(t *testing.T) {
+	bin := testutil.LookBinary(t, upstreamIperf3)
+	for _, tc := range []interopCase{
+		{name: "default", args: []string{"-t", "1"}, check: forward(1)},
+		{name: "R_P2", args: []string{"-t", "1", "-R", "-P", "2"}, check: streams(2, reverse(1))},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(100, false)},
+		{name: "u_gsro_b500M", args: []string{"-t", "1", "-u", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(100, false))},
+		{name: "u_R_gsro_b500M", args: []string{"-t", "1", "-u", "-R", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(100, true))},
+		{name: "u_gsro_b0_P2", args: []string{"-t", "1", "-u", "--gsro", "-b", "0", "-l", "1400", "-P", "2"}, check: gsro(streams(2, udpCheck(100, false)))},
+		{name: "u_bidir_gsro", args: []string{"-t", "1", "-u", "--bidir", "--gsro", "-b", "200M"}, check: gsro(func(t *testing.T, j *iperfJSON, r *TestResult) {
+			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
+				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
 			}
-			ts := startServer(t, host, ServerConfig{}, 1)
-			args := append([]string{"-c", host, "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)
-			j, out := runIperf3(t, args...)
-			r := ts.result(t)
-			if j.Error != "" {
-				t.Fatalf("client error %q; server %+v", j.Error, r)
-			}
-			if r.EndReason != EndDone {
-				t.Fatalf("server end %q err %v", r.EndReason, r.Err)
-			}
-			tc.check(t, j, r)
-			if t.Failed() {
-				t.Logf("client JSON: %.3000s", out)
-			}
-		})
+		})},
+		{name: "u_64bit_gsro", args: []string{"-t", "1", "-u", "--gsro", "--udp-counters-64bit", "-b", "100M"}, check: gsro(udpCheck(100, false))},
+	} {
+		t.Run(tc.name, func(t *testing.T) { runInteropCase(t, bin, tc) })
 	}
 }
 
