@@ -2,6 +2,7 @@ package iperf3proto
 
 import (
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,12 +29,36 @@ type interopCase struct {
 // 2-core CI box under -race a sender can be starved for a while.
 const rateTolerance = 0.15
 
-// inFlightPerStream bounds what one TCP stream can have in socket buffers
-// (send plus receive) on loopback.
-const inFlightPerStream = 16 << 20
+// inFlightPerStream bounds what one TCP stream can hold in kernel buffers
+// when a test ends, sent but never read: the largest send buffer plus the
+// largest receive buffer the kernel lets a socket grow to (autotuning or
+// -w). It is read from the kernel's settings, not guessed: a fixed 16 MiB
+// failed under load, with tcp_rmem's maximum at 32 MiB.
+func inFlightPerStream() int64 {
+	field := func(path string, i int, def int64) int64 {
+		b, err := os.ReadFile(path)
+		f := strings.Fields(string(b))
+		if err != nil || len(f) <= i {
+			return def
+		}
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return def
+		}
+		return v
+	}
+	snd := max(field("/proc/sys/net/ipv4/tcp_wmem", 2, 4<<20), 2*field("/proc/sys/net/core/wmem_max", 0, 4<<20))
+	rcv := max(field("/proc/sys/net/ipv4/tcp_rmem", 2, 6<<20), 2*field("/proc/sys/net/core/rmem_max", 0, 4<<20))
+	return snd + rcv
+}
 
-// checkDirection checks one direction's sums: both non-zero, receiver close
-// to sender, and our server's count matching the client's report.
+// checkDirection checks one direction's sums: both non-zero; for TCP
+// (tcp set) received <= sent <= received + what the kernel buffers of the
+// streams can hold at the end; and our server's count equal to what the
+// client reports for it (the results exchange carries our figure). With
+// -O (omit) the ends start measuring when their own omit timers fire,
+// tens of milliseconds apart on a busy machine, so sent and received
+// cover different windows: pass tcp false there.
 func checkDirection(t *testing.T, dir string, streams int, sent, recv *iperfSum, ours int64, tcp bool) {
 	t.Helper()
 	if sent == nil || recv == nil {
@@ -42,12 +67,10 @@ func checkDirection(t *testing.T, dir string, streams int, sent, recv *iperfSum,
 	if sent.Bytes <= 0 || recv.Bytes <= 0 {
 		t.Fatalf("%s: zero bytes: sent %d received %d", dir, sent.Bytes, recv.Bytes)
 	}
-	// What is in flight when the test ends is sent but never read: allow 5%
-	// or the socket buffers of every stream, whichever is more.
-	if slack := max(0.05*float64(sent.Bytes), float64(streams*inFlightPerStream)); tcp && math.Abs(float64(sent.Bytes-recv.Bytes)) > slack {
-		t.Errorf("%s: sent %d and received %d differ by more than %.0f bytes", dir, sent.Bytes, recv.Bytes, slack)
+	if slack := int64(max(streams, 1)) * inFlightPerStream(); tcp && (recv.Bytes > sent.Bytes || sent.Bytes-recv.Bytes > slack) {
+		t.Errorf("%s: sent %d, received %d: want received <= sent <= received + %d (kernel buffers)", dir, sent.Bytes, recv.Bytes, slack)
 	}
-	if ours >= 0 && !within(float64(ours), float64(recv.Bytes), 0.02) && !within(float64(ours), float64(sent.Bytes), 0.02) {
+	if ours >= 0 && ours != recv.Bytes && ours != sent.Bytes {
 		t.Errorf("%s: server counted %d, client reports sent %d received %d", dir, ours, sent.Bytes, recv.Bytes)
 	}
 }
@@ -62,7 +85,7 @@ func checkSeconds(t *testing.T, s *iperfSum, want float64) {
 // forward checks a client-sends test of secs seconds.
 func forward(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
-		checkDirection(t, "forward", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
+		checkDirection(t, "forward", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesReceived, r.Params.Omit == 0)
 		if secs > 0 {
 			checkSeconds(t, j.End.SumSent, secs)
 		}
@@ -75,7 +98,7 @@ func forward(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 // reverse checks a server-sends test.
 func reverse(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
-		checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesSent, true)
+		checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesSent, r.Params.Omit == 0)
 		if secs > 0 {
 			checkSeconds(t, j.End.SumReceived, secs)
 		}
