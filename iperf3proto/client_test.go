@@ -24,7 +24,8 @@ type clientCase struct {
 // checkDir checks one direction: both ends counted bytes and, for TCP
 // measured over the same window (tcp set; not with -O, whose omit timers
 // fire at different moments on the two ends), received <= sent <=
-// received + what the streams' kernel buffers hold at the end.
+// received + what the streams' kernel buffers hold at the end (our
+// senders count each write before they stop, so nothing arrives late).
 func checkDir(t *testing.T, name string, d *DirectionResult, tcp bool) {
 	t.Helper()
 	if d == nil {

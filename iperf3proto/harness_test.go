@@ -85,7 +85,8 @@ type iperfJSON struct {
 	Error string `json:"error"`
 	Start struct {
 		TestStart struct {
-			NumStreams int `json:"num_streams"`
+			NumStreams int   `json:"num_streams"`
+			BlkSize    int64 `json:"blksize"`
 			Duration   int `json:"duration"`
 		} `json:"test_start"`
 	} `json:"start"`
