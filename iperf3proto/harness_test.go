@@ -87,7 +87,7 @@ type iperfJSON struct {
 		TestStart struct {
 			NumStreams int   `json:"num_streams"`
 			BlkSize    int64 `json:"blksize"`
-			Duration   int `json:"duration"`
+			Duration   int   `json:"duration"`
 		} `json:"test_start"`
 	} `json:"start"`
 	End struct {
