@@ -61,7 +61,9 @@ func (c connIO) WriteBatch(msgs []udpbatch.Message) (int, error) {
 }
 
 // batchIO returns the batched I/O of conn: udpbatch over a UDP socket, with
-// GRO (recv) or GSO (send) turned on when the kernel has it, else connIO.
+// GRO and kernel receive timestamps (recv: jitter from the kernel's
+// arrival time, not from when the reader woke) or GSO (send) turned on
+// when the kernel has them, else connIO. gso reports GSO for a sender.
 func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
 	uc, ok := conn.(*net.UDPConn)
 	if !ok {
@@ -70,6 +72,7 @@ func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
 	bc := udpbatch.New(uc, batch)
 	if recv {
 		_ = bc.EnableGRO()
+		_ = bc.EnableRxTimestamps()
 		return bc, false
 	}
 	return bc, bc.EnableGSO() == nil
@@ -119,7 +122,11 @@ func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
 			var got int64
 			for _, m := range msgs[:n] {
 				got += int64(m.N)
-				s.stats.addSegments(m.Buf[:m.N], m.Seg, c64, now)
+				at := now
+				if m.RxTime != 0 {
+					at = time.Unix(0, m.RxTime)
+				}
+				s.stats.addSegments(m.Buf[:m.N], m.Seg, c64, at)
 			}
 			s.bytes.Add(got)
 			meter.Add(got)
