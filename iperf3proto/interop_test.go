@@ -25,9 +25,11 @@ type interopCase struct {
 	check func(t *testing.T, j *iperfJSON, r *TestResult)
 }
 
-// rateTolerance bounds a paced (-b) rate's error: 15%, since on a loaded
-// 2-core CI box under -race a sender can be starved for a while.
-const rateTolerance = 0.15
+// rateTolerance is how far above its -b rate a paced sender may be
+// measured (a block more than the rate allows, short receiver seconds).
+// Below the rate is not checked: on a loaded machine a starved sender
+// falls short, and rates belong in benchmarks.
+const rateTolerance = 0.05
 
 // inFlightPerStream bounds what one TCP stream can hold in kernel buffers
 // when a test ends, sent but never read: the largest send buffer plus the
@@ -123,28 +125,40 @@ func bidir(t *testing.T, j *iperfJSON, r *TestResult) {
 	checkDirection(t, "server->client", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSentBidir, j.End.SumReceivedBidir, r.BytesSent, true)
 }
 
-// udpCheck checks a UDP test's summary: packets, loss bound, jitter.
-func udpCheck(maxLoss float64, rev bool) func(t *testing.T, j *iperfJSON, r *TestResult) {
+// udpCheck checks a UDP test's summary against our server's own figures:
+// packets and bytes moved, jitter reported, lost <= packets, and the loss
+// the client reports equal to what happened: in a forward test it is our
+// receiver's count exactly and our highest sequence number is at most what
+// the client sent; in reverse our sender sent at least what the client's
+// receiver saw. No loss bound: loss under load is for benchmarks.
+func udpCheck(rev bool) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
 		s := j.End.Sum
 		if s == nil || s.Packets <= 0 || s.Bytes <= 0 {
 			t.Fatalf("UDP summary missing or empty: %+v", s)
 		}
-		if s.LostPercent > maxLoss {
-			t.Errorf("UDP loss %.2f%% above %.2f%%", s.LostPercent, maxLoss)
+		if s.Lost > s.Packets || s.Lost < 0 {
+			t.Errorf("UDP loss %d of %d", s.Lost, s.Packets)
 		}
 		if s.Jitter <= 0 {
 			t.Errorf("UDP jitter not reported: %+v", s)
 		}
-		ours := r.BytesReceived
+		var packets, lost int64
+		for _, ps := range r.PerStream {
+			if ps.Sender == rev {
+				packets += ps.Packets
+				lost += ps.Lost
+			}
+		}
 		if rev {
-			ours = r.BytesSent
+			if r.BytesSent <= 0 || packets < s.Packets {
+				t.Errorf("server sent %d bytes in %d datagrams; the client saw up to sequence %d", r.BytesSent, packets, s.Packets)
+			}
+			return
 		}
-		if ours <= 0 {
-			t.Errorf("server counted no UDP bytes: %+v", r)
-		}
-		if !rev && len(r.PerStream) > 0 && r.PerStream[0].Packets <= 0 {
-			t.Errorf("server UDP stats empty: %+v", r.PerStream)
+		if r.BytesReceived <= 0 || packets <= 0 || packets > s.Packets || lost != s.Lost {
+			t.Errorf("server received %d bytes, highest sequence %d, lost %d; client sent %d datagrams and reports %d lost",
+				r.BytesReceived, packets, lost, s.Packets, s.Lost)
 		}
 	}
 }
@@ -219,14 +233,14 @@ func interopCases() []interopCase {
 		}},
 		{name: "b500M", args: []string{"-t", "2", "-b", "500M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			forward(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
-				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
+			if bps := j.End.SumReceived.BPS; bps > 500e6*(1+rateTolerance) {
+				t.Errorf("rate %.0f, above 500M by more than %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "R_b500M", args: []string{"-t", "2", "-b", "500M", "-R"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			reverse(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
-				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
+			if bps := j.End.SumReceived.BPS; bps > 500e6*(1+rateTolerance) {
+				t.Errorf("rate %.0f, above 500M by more than %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "get_server_output", args: []string{"-t", "1", "--get-server-output"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
@@ -235,25 +249,25 @@ func interopCases() []interopCase {
 				t.Errorf("server output text: %q", j.ServerOutputText)
 			}
 		}},
-		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(5, false)},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(false)},
 		// In -R the stock client receives with its default 208 KiB buffer
-		// (six 32 KiB datagrams); on a loaded CI box its scheduling alone
-		// loses a few percent, so the bound is looser than for our receiver.
-		{name: "u_b200M_R", args: []string{"-t", "1", "-u", "-b", "200M", "-R"}, check: udpCheck(15, true)},
+		// (six 32 KiB datagrams); on a loaded machine its scheduling alone
+		// loses any share: no loss bound, the invariants only.
+		{name: "u_b200M_R", args: []string{"-t", "1", "-u", "-b", "200M", "-R"}, check: udpCheck(true)},
 		{name: "u_bidir_b100M", args: []string{"-t", "1", "-u", "--bidir", "-b", "100M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
 				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
 			}
 		}},
-		{name: "u_l1400_b0", args: []string{"-t", "1", "-u", "-l", "1400", "-b", "0"}, check: udpCheck(100, false)},
+		{name: "u_l1400_b0", args: []string{"-t", "1", "-u", "-l", "1400", "-b", "0"}, check: udpCheck(false)},
 		{name: "u_64bit", args: []string{"-t", "1", "-u", "--udp-counters-64bit", "-b", "50M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
-			udpCheck(5, false)(t, j, r)
+			udpCheck(false)(t, j, r)
 			if !r.Params.UDPCounters64Bit {
 				t.Error("64-bit counters not negotiated")
 			}
 		}},
 		{name: "ipv6", host: "::1", args: []string{"-t", "1", "-6"}, check: forward(1)},
-		{name: "ipv6_udp_R", host: "::1", args: []string{"-t", "1", "-6", "-u", "-b", "100M", "-R"}, check: udpCheck(15, true)},
+		{name: "ipv6_udp_R", host: "::1", args: []string{"-t", "1", "-6", "-u", "-b", "100M", "-R"}, check: udpCheck(true)},
 	}
 }
 
@@ -309,16 +323,16 @@ func TestInteropUpstreamClient(t *testing.T) {
 	for _, tc := range []interopCase{
 		{name: "default", args: []string{"-t", "1"}, check: forward(1)},
 		{name: "R_P2", args: []string{"-t", "1", "-R", "-P", "2"}, check: streams(2, reverse(1))},
-		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(100, false)},
-		{name: "u_gsro_b500M", args: []string{"-t", "1", "-u", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(100, false))},
-		{name: "u_R_gsro_b500M", args: []string{"-t", "1", "-u", "-R", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(100, true))},
-		{name: "u_gsro_b0_P2", args: []string{"-t", "1", "-u", "--gsro", "-b", "0", "-l", "1400", "-P", "2"}, check: gsro(streams(2, udpCheck(100, false)))},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(false)},
+		{name: "u_gsro_b500M", args: []string{"-t", "1", "-u", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(false))},
+		{name: "u_R_gsro_b500M", args: []string{"-t", "1", "-u", "-R", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(true))},
+		{name: "u_gsro_b0_P2", args: []string{"-t", "1", "-u", "--gsro", "-b", "0", "-l", "1400", "-P", "2"}, check: gsro(streams(2, udpCheck(false)))},
 		{name: "u_bidir_gsro", args: []string{"-t", "1", "-u", "--bidir", "--gsro", "-b", "200M"}, check: gsro(func(t *testing.T, j *iperfJSON, r *TestResult) {
 			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
 				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
 			}
 		})},
-		{name: "u_64bit_gsro", args: []string{"-t", "1", "-u", "--gsro", "--udp-counters-64bit", "-b", "100M"}, check: gsro(udpCheck(100, false))},
+		{name: "u_64bit_gsro", args: []string{"-t", "1", "-u", "--gsro", "--udp-counters-64bit", "-b", "100M"}, check: gsro(udpCheck(false))},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runInteropCase(t, bin, tc) })
 	}

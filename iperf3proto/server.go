@@ -76,8 +76,10 @@ type StreamStats struct {
 	Bytes       int64
 	Seconds     float64
 	Retransmits int64 // -1 when unknown
+	// Packets is the UDP datagrams sent (sender) or the highest sequence
+	// number seen (receiver), after the omit period.
+	Packets int64
 	// UDP receiver statistics
-	Packets    int64
 	Lost       int64
 	OutOfOrder int64
 	Jitter     float64 // seconds
@@ -890,8 +892,11 @@ func (t *test) fillResult(d time.Duration) {
 	for _, st := range t.set.streams {
 		r := st.results()
 		ss := StreamStats{ID: st.id, Sender: st.sender, Bytes: int64(r.Bytes), Seconds: r.EndTime, Retransmits: r.Retransmits}
+		if st.udp {
+			ss.Packets = r.Packets - r.OmittedPackets
+		}
 		if st.udp && !st.sender {
-			ss.Packets, ss.Lost, ss.OutOfOrder, ss.Jitter = r.Packets-r.OmittedPackets, r.Errors-r.OmittedErrors, st.endOOO, r.Jitter
+			ss.Lost, ss.OutOfOrder, ss.Jitter = r.Errors-r.OmittedErrors, st.endOOO, r.Jitter
 		}
 		if st.sender {
 			res.BytesSent += ss.Bytes
