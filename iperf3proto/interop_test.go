@@ -86,10 +86,15 @@ func checkDirection(t *testing.T, dir string, streams int, blk int64, sent, recv
 	}
 }
 
+// checkSeconds checks that a timed test ran its time: not ended early
+// (10% for timer granularity) and not held on by the server (a busy
+// machine stretches the end by scheduling delays, far less than
+// lateEnd).
 func checkSeconds(t *testing.T, s *iperfSum, want float64) {
 	t.Helper()
-	if s == nil || !within(s.Seconds, want, 0.10) {
-		t.Errorf("duration: got %+v, want %.1fs within 10%%", s, want)
+	const lateEnd = 5.0 // seconds
+	if s == nil || s.Seconds < 0.9*want || s.Seconds > want+lateEnd {
+		t.Errorf("duration: got %+v, want %.1fs (at most %.0fs more)", s, want, lateEnd)
 	}
 }
 
