@@ -109,13 +109,14 @@ func (s *streamSet) startWorkers(senders bool) {
 func (s *streamSet) startWorker(st *stream) {
 	p := s.p
 	st.started = true
+	recvBatch, sendBytes := udpBatchSizes(len(s.streams))
 	switch {
 	case st.sender && p.UDP:
-		go st.runUDPSender(s.pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, s.lim, s.sent, s.stop)
+		go st.runUDPSender(s.pl, p.BlockLen(), sendBytes, p.UDPCounters64Bit, p.Bandwidth, s.lim, s.sent, s.stop)
 	case st.sender:
 		go st.runTCPSender(s.pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, s.lim, s.sent, s.stop)
 	case p.UDP:
-		go st.runUDPReceiver(p.UDPCounters64Bit, s.received)
+		go st.runUDPReceiver(p.UDPCounters64Bit, recvBatch, s.received)
 	default:
 		go st.runTCPReceiver(s.rcvLowat, s.received)
 	}

@@ -22,10 +22,15 @@ import (
 
 const (
 	// udpRecvBatch is how many buffers of udpbatch.MaxGROBuf bytes one
-	// receive call fills: 1 MiB per receiving stream.
+	// receive call fills at most: 1 MiB per receiving stream.
 	udpRecvBatch = 16
 	// udpSendBytes bounds the datagram bytes one send call carries.
 	udpSendBytes = 512 << 10
+	// udpTestBuffers bounds the batch buffers of all of a test's UDP
+	// streams on one end: with many streams each gets less (at least one
+	// receive buffer and one GSO message), so a client's -P 128 costs no
+	// more memory than -P 16.
+	udpTestBuffers = 16 << 20
 	// udpMaxMsgs bounds the messages of one send call.
 	udpMaxMsgs = 64
 	// udpPaceSlice is how much sending time one paced round covers.
@@ -78,6 +83,16 @@ func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
 	return bc, bc.EnableGSO() == nil
 }
 
+// udpBatchSizes returns, for a test of streams UDP streams, how many
+// receive buffers each receiver uses and how many bytes each sender hands
+// the kernel per call (see udpTestBuffers).
+func udpBatchSizes(streams int) (recvBatch, sendBytes int) {
+	per := udpTestBuffers / max(streams, 1)
+	recvBatch = max(1, min(udpRecvBatch, per/udpbatch.MaxGROBuf))
+	sendBytes = max(udpbatch.MaxGROBuf, min(udpSendBytes, per))
+	return recvBatch, sendBytes
+}
+
 // addSegments records the datagrams in b, one received buffer: a single
 // datagram, or with seg > 0 several of seg bytes back to back (the last
 // may be shorter), all arrived at at. Datagrams too short for a header
@@ -95,12 +110,13 @@ func (s *UDPStats) addSegments(b []byte, seg int, c64 bool, at time.Time) int {
 	return n
 }
 
-// runUDPReceiver reads datagrams until the connection is closed, updating
-// the statistics while counting is on and draining afterwards.
-func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
+// runUDPReceiver reads datagrams, batch buffers at a time, until the
+// connection is closed, updating the statistics while counting is on and
+// draining afterwards.
+func (s *stream) runUDPReceiver(c64 bool, batch int, meter *atomic.Int64) {
 	defer close(s.done)
-	rio, _ := batchIO(s.conn, udpRecvBatch, true)
-	msgs := make([]udpbatch.Message, udpRecvBatch)
+	rio, _ := batchIO(s.conn, batch, true)
+	msgs := make([]udpbatch.Message, batch)
 	if _, ok := rio.(connIO); ok {
 		msgs = msgs[:1]
 	}
@@ -136,14 +152,16 @@ func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
 }
 
 // udpSender lays datagrams out for batched sends: msgs[i] carries segs
-// datagrams of blk bytes (one GSO message) or one when segs is 1.
+// datagrams of blk bytes (one GSO message) or one when segs is 1, and
+// one call carries at most maxBytes.
 type udpSender struct {
-	io   datagramIO
-	blk  int
-	segs int
-	slab []byte
-	msgs []udpbatch.Message
-	c64  bool
+	io       datagramIO
+	blk      int
+	maxBytes int
+	segs     int
+	slab     []byte
+	msgs     []udpbatch.Message
+	c64      bool
 }
 
 // layout prepares the messages for segs datagrams per message, each slot
@@ -151,7 +169,7 @@ type udpSender struct {
 func (u *udpSender) layout(pl []byte, segs int) {
 	u.segs = segs
 	per := segs * u.blk
-	n := max(1, min(udpMaxMsgs, udpSendBytes/per))
+	n := max(1, min(udpMaxMsgs, u.maxBytes/per))
 	if _, ok := u.io.(connIO); ok {
 		n = 1
 	}
@@ -204,12 +222,12 @@ func paceRound(bps uint64, blk, capacity int) int {
 	return max(1, min(capacity, per))
 }
 
-// runUDPSender sends datagrams with the iperf3 header until stop, an
-// unrecoverable error or the budget.
-func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
+// runUDPSender sends datagrams with the iperf3 header, up to sendBytes
+// per call, until stop, an unrecoverable error or the budget.
+func (s *stream) runUDPSender(p *payload, blk, sendBytes int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
 	defer close(s.done)
 	wio, gso := batchIO(s.conn, udpMaxMsgs, false)
-	u := &udpSender{io: wio, blk: blk, c64: c64}
+	u := &udpSender{io: wio, blk: blk, maxBytes: sendBytes, c64: c64}
 	segs := 1
 	if gso {
 		segs = gsoSegments(blk)

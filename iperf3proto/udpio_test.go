@@ -113,3 +113,20 @@ func TestPaceRound(t *testing.T) {
 		t.Errorf("gsoSegments(65000) = %d, want 1", got)
 	}
 }
+
+// TestUDPBatchSizes: a test's batch buffers stay within udpTestBuffers
+// (plus the floor of one buffer per stream) however many streams it has.
+func TestUDPBatchSizes(t *testing.T) {
+	for _, n := range []int{1, 4, 16, 32, 128} {
+		r, snd := udpBatchSizes(n)
+		if r < 1 || r > udpRecvBatch || snd < 64<<10 || snd > udpSendBytes {
+			t.Fatalf("udpBatchSizes(%d) = %d, %d out of range", n, r, snd)
+		}
+		if total := n * max(r*(64<<10), snd); total > max(udpTestBuffers, n*(64<<10)) {
+			t.Errorf("%d streams use %d bytes of batch buffers", n, total)
+		}
+	}
+	if r, snd := udpBatchSizes(1); r != udpRecvBatch || snd != udpSendBytes {
+		t.Errorf("one stream gets %d, %d; want the full %d, %d", r, snd, udpRecvBatch, udpSendBytes)
+	}
+}
