@@ -74,6 +74,14 @@ bench:
 bench-compare: build
 	$(GO) run ./bench/cmd/compare -reflector $(BIN)
 
+## bench-compare-gsro: the --gsro UDP cases with an upstream iperf3 (3.20+)
+## client against its own server and ours (.ci/iperf3-upstream.sh installs
+## iperf3-upstream from Debian sid's packages).
+.PHONY: bench-compare-gsro
+bench-compare-gsro: build
+	$(GO) run ./bench/cmd/compare -reflector $(BIN) -iperf3 iperf3-upstream \
+	  -cases '-u --gsro -b 0 -l 1400,-u -R --gsro -b 0 -l 1400'
+
 ## echo-compare: UDP echo RTT p50/p99 on loopback, `reflector test udp-echo`
 ## against our server vs `sockperf ping-pong` against `sockperf server`
 ## (needs sockperf: apt-get install -y sockperf; installs nothing).

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,11 +68,12 @@ const (
 // program, so the process id stays the server's.
 var favoured = []string{"nice", "-n", "-15"}
 
-// TestAccuracyUnderShaping runs the stock iperf3 client in one network
-// namespace against stock `iperf3 -s` and against our server in another,
-// over a veth pair shaped to 100 Mbit/s in each direction, and checks that the
-// receiver throughput reported with our server matches stock's and the
-// shaped rate. TCP and UDP, both directions.
+// TestAccuracyUnderShaping runs the stock iperf3 client against stock
+// `iperf3 -s` and against our server at the same moment, each over its own
+// veth pair between two network namespaces shaped to 100 Mbit/s in each
+// direction, and checks that the receiver throughput reported with our
+// server matches stock's and the shaped rate. TCP and UDP, both directions.
+// Running both at once puts whatever else the machine does on both alike.
 //
 // UDP offers 120 Mbit/s of payload (-b 120M), more than the link carries, so
 // that the shaper and not the sender's pacing sets the rate, with socket
@@ -83,8 +85,10 @@ var favoured = []string{"nice", "-n", "-15"}
 // the bottleneck. The receiver's count is what is compared; the loss it
 // reports is the shaper's.
 //
-// A case that misses is run once more (both servers) because the machine may
-// be shared; both tries are logged and the second decides.
+// A try that misses the tight bounds is repeated, up to accuracyTries; the
+// verdict then allows the spread stock's own figures showed across the
+// tries (see judgeAccuracy): on a busy machine stock moves by more than 2%
+// from one run to the next, and ours cannot be judged more finely than that.
 func TestAccuracyUnderShaping(t *testing.T) {
 	if testing.Short() {
 		t.Skip("ACCURACY TEST NOT RUN: -short (it takes about 30 s)")
@@ -93,15 +97,16 @@ func TestAccuracyUnderShaping(t *testing.T) {
 	iperf3 := testutil.LookBinary(t, "iperf3")
 	reflector := reflectorBinary(t)
 
-	link := newShapedLink(t)
-	stock := startInNamespace(t, link.serverNS, stockPort,
-		iperf3, "-s", "-B", link.serverAddr, "-p", strconv.Itoa(stockPort))
-	ours := startInNamespace(t, link.serverNS, oursPort,
-		reflector, "iperf3-server", "--listen", net.JoinHostPort(link.serverAddr, strconv.Itoa(oursPort)))
+	stockLink, oursLink := newShapedLinkN(t, 0), newShapedLinkN(t, 1)
+	stock := startInNamespace(t, stockLink.serverNS, stockPort,
+		iperf3, "-s", "-B", stockLink.serverAddr, "-p", strconv.Itoa(stockPort))
+	ours := startInNamespace(t, oursLink.serverNS, oursPort,
+		reflector, "iperf3-server", "--listen", net.JoinHostPort(oursLink.serverAddr, strconv.Itoa(oursPort)))
 
 	ctx, cancel := context.WithTimeout(context.Background(), measureBudget)
 	defer cancel()
-	client := iperfrun.Client{Binary: iperf3, Wrap: append([]string{"ip", "netns", "exec", link.clientNS}, favoured...)}
+	stockClient := iperfrun.Client{Binary: iperf3, Wrap: append([]string{"ip", "netns", "exec", stockLink.clientNS}, favoured...)}
+	oursClient := iperfrun.Client{Binary: iperf3, Wrap: append([]string{"ip", "netns", "exec", oursLink.clientNS}, favoured...)}
 	udpArgs := []string{"-u", "-b", "120M", "-l", strconv.Itoa(udpPayload), "-w", "1M"}
 	cases := []struct {
 		name     string
@@ -115,43 +120,75 @@ func TestAccuracyUnderShaping(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			var problems []string
-			for try := 1; try <= 2; try++ {
-				s, err := client.Run(ctx, link.serverAddr, stockPort, accuracySeconds, tc.args...)
-				if err != nil {
-					t.Fatalf("stock server: %v\nserver output: %s", err, stock.Output())
+			var tries []accuracyTry
+			for try := 1; try <= accuracyTries; try++ {
+				var s, o iperfrun.Report
+				var serr, oerr error
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					s, serr = stockClient.Run(ctx, stockLink.serverAddr, stockPort, accuracySeconds, tc.args...)
+				}()
+				o, oerr = oursClient.Run(ctx, oursLink.serverAddr, oursPort, accuracySeconds, tc.args...)
+				<-done
+				if serr != nil {
+					t.Fatalf("stock server: %v\nserver output: %s", serr, stock.Output())
 				}
-				o, err := client.Run(ctx, link.serverAddr, oursPort, accuracySeconds, tc.args...)
-				if err != nil {
-					t.Fatalf("our server: %v\nserver output: %s", err, ours.Output())
+				if oerr != nil {
+					t.Fatalf("our server: %v\nserver output: %s", oerr, ours.Output())
 				}
-				problems = checkAccuracy(s.ReceivedBitsPerSecond, o.ReceivedBitsPerSecond, tc.expected)
-				t.Logf("%s try %d: stock %.2f Mbit/s (loss %.2f%%), ours %.2f Mbit/s (loss %.2f%%); ours/stock %+.2f%%, ours vs expected %.2f Mbit/s %+.2f%%, vs 100 Mbit/s %+.2f%%",
+				tries = append(tries, accuracyTry{stock: s.ReceivedBitsPerSecond, ours: o.ReceivedBitsPerSecond})
+				t.Logf("%s try %d: stock %.2f Mbit/s (loss %.2f%%), ours %.2f Mbit/s (loss %.2f%%); ours/stock %+.2f%%, ours vs expected %.2f Mbit/s %+.2f%%",
 					tc.name, try, s.ReceivedBitsPerSecond/1e6, s.LossPercent, o.ReceivedBitsPerSecond/1e6, o.LossPercent,
-					100*rel(o.ReceivedBitsPerSecond, s.ReceivedBitsPerSecond), tc.expected/1e6,
-					100*rel(o.ReceivedBitsPerSecond, tc.expected), 100*rel(o.ReceivedBitsPerSecond, shapeRate))
-				if len(problems) == 0 {
+					100*rel(o.ReceivedBitsPerSecond, s.ReceivedBitsPerSecond), tc.expected/1e6, 100*rel(o.ReceivedBitsPerSecond, tc.expected))
+				if len(checkAccuracy(s.ReceivedBitsPerSecond, o.ReceivedBitsPerSecond, tc.expected, 0)) == 0 {
 					return
 				}
-				t.Logf("%s try %d missed: %s", tc.name, try, strings.Join(problems, "; "))
 			}
-			t.Errorf("%s: missed on both tries: %s", tc.name, strings.Join(problems, "; "))
+			if problems := judgeAccuracy(tries, tc.expected); len(problems) > 0 {
+				t.Errorf("%s: missed after %d tries: %s", tc.name, len(tries), strings.Join(problems, "; "))
+			}
 		})
 	}
 }
 
+// accuracyTries bounds the tries of one case.
+const accuracyTries = 3
+
+// accuracyTry is one simultaneous measurement of both servers (bits/s).
+type accuracyTry struct{ stock, ours float64 }
+
+// judgeAccuracy decides a case from all its tries: the medians of ours and
+// stock must meet checkAccuracy's bounds widened by noise, the relative
+// spread (max-min over median) of stock's own figures across the tries.
+func judgeAccuracy(tries []accuracyTry, expected float64) []string {
+	var s, o []float64
+	for _, tr := range tries {
+		s, o = append(s, tr.stock), append(o, tr.ours)
+	}
+	ms := iperfrun.Median(s)
+	noise := 0.0
+	if ms > 0 {
+		noise = (slices.Max(s) - slices.Min(s)) / ms
+	}
+	return checkAccuracy(ms, iperfrun.Median(o), expected, noise)
+}
+
 // checkAccuracy returns what is wrong with our receiver throughput against
 // stock's and against the expected goodput, nothing when both are in
-// tolerance.
-func checkAccuracy(stock, ours, expected float64) []string {
+// tolerance; noise (a fraction) widens both tolerances. Ours may miss the
+// expected rate by as much as stock did, plus the tolerance: then the link
+// or the machine, not our server, set it.
+func checkAccuracy(stock, ours, expected, noise float64) []string {
 	var problems []string
-	if d := rel(ours, stock); math.Abs(d) > vsStockTolerance {
-		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from stock's %.2f Mbit/s (limit %.0f%%)",
-			ours/1e6, 100*d, stock/1e6, 100*vsStockTolerance))
+	if d, lim := rel(ours, stock), vsStockTolerance+noise; math.Abs(d) > lim {
+		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from stock's %.2f Mbit/s (limit %.1f%%)",
+			ours/1e6, 100*d, stock/1e6, 100*lim))
 	}
-	if d := rel(ours, expected); math.Abs(d) > vsExpectedTolerance {
-		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from the expected %.2f Mbit/s (limit %.0f%%)",
-			ours/1e6, 100*d, expected/1e6, 100*vsExpectedTolerance))
+	lim := max(vsExpectedTolerance, math.Abs(rel(stock, expected))+vsStockTolerance) + noise
+	if d := rel(ours, expected); math.Abs(d) > lim {
+		problems = append(problems, fmt.Sprintf("ours %.2f Mbit/s is %+.2f%% from the expected %.2f Mbit/s (limit %.1f%%)",
+			ours/1e6, 100*d, expected/1e6, 100*lim))
 	}
 	return problems
 }
@@ -215,15 +252,19 @@ type shapedLink struct {
 // newShapedLink creates the namespaces, the veth pair, the addresses and the
 // shaping; t.Cleanup removes the namespaces (and with them the veth pair).
 // The addresses are private and exist only inside these namespaces.
-func newShapedLink(t *testing.T) shapedLink {
+func newShapedLink(t *testing.T) shapedLink { return newShapedLinkN(t, 0) }
+
+// newShapedLinkN is newShapedLink for link number idx (0-63) of this
+// process, for tests that need several at once.
+func newShapedLinkN(t *testing.T, idx int) shapedLink {
 	t.Helper()
 	pid := os.Getpid()
 	net3 := pid % 256
 	l := shapedLink{
-		serverNS:   fmt.Sprintf("ppr-a-%d", pid),
-		clientNS:   fmt.Sprintf("ppr-b-%d", pid),
-		serverAddr: fmt.Sprintf("10.250.%d.1", net3),
-		clientAddr: fmt.Sprintf("10.250.%d.2", net3),
+		serverNS:   fmt.Sprintf("ppr-a%d-%d", idx, pid),
+		clientNS:   fmt.Sprintf("ppr-b%d-%d", idx, pid),
+		serverAddr: fmt.Sprintf("10.250.%d.%d", net3, 4*idx+1),
+		clientAddr: fmt.Sprintf("10.250.%d.%d", net3, 4*idx+2),
 	}
 	for _, ns := range []string{l.serverNS, l.clientNS} {
 		mustRun(t, "ip", "netns", "add", ns)
@@ -306,18 +347,34 @@ func TestCheckAccuracy(t *testing.T) {
 	tests := []struct {
 		name                  string
 		stock, ours, expected float64
+		noise                 float64
 		want                  int
 	}{
-		{"equal", 95.6e6, 95.6e6, tcpExpectedBps, 0},
-		{"just inside both", 95.0e6, 96.8e6, 97.09e6, 0},
-		{"off from stock", 95.6e6, 93.0e6, tcpExpectedBps, 1},
-		{"stock and ours both low", 85e6, 85e6, tcpExpectedBps, 1},
-		{"off from both", 95.6e6, 50e6, tcpExpectedBps, 2},
-		{"stock reported nothing", 0, 95.6e6, tcpExpectedBps, 1},
+		{"equal", 95.6e6, 95.6e6, tcpExpectedBps, 0, 0},
+		{"just inside both", 95.0e6, 96.8e6, 97.09e6, 0, 0},
+		{"off from stock", 95.6e6, 93.0e6, tcpExpectedBps, 0, 1},
+		{"off from stock, within noise", 95.6e6, 93.0e6, tcpExpectedBps, 0.03, 0},
+		{"stock and ours both low", 85e6, 85e6, tcpExpectedBps, 0, 0},
+		{"ours far below a low stock", 85e6, 75e6, tcpExpectedBps, 0, 2},
+		{"off from both", 95.6e6, 50e6, tcpExpectedBps, 0, 2},
+		{"stock reported nothing", 0, 95.6e6, tcpExpectedBps, 0, 1},
 	}
 	for _, tc := range tests {
-		if got := checkAccuracy(tc.stock, tc.ours, tc.expected); len(got) != tc.want {
+		if got := checkAccuracy(tc.stock, tc.ours, tc.expected, tc.noise); len(got) != tc.want {
 			t.Errorf("%s: %d problems %q, want %d", tc.name, len(got), got, tc.want)
 		}
+	}
+}
+
+func TestJudgeAccuracy(t *testing.T) {
+	// Stock itself moved 90-98 Mbit/s: ours 4% below stock's median is noise.
+	noisy := []accuracyTry{{90e6, 88e6}, {98e6, 91e6}, {94e6, 90e6}}
+	if p := judgeAccuracy(noisy, tcpExpectedBps); len(p) != 0 {
+		t.Errorf("noisy but consistent tries judged a miss: %q", p)
+	}
+	// Stock steady, ours 20% below in every try: a real miss.
+	steady := []accuracyTry{{95e6, 76e6}, {95.2e6, 76e6}, {95.1e6, 77e6}}
+	if p := judgeAccuracy(steady, tcpExpectedBps); len(p) == 0 {
+		t.Error("ours 20% below a steady stock judged a pass")
 	}
 }

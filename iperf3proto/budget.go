@@ -66,6 +66,15 @@ func (b *ByteBudget) take(n int) int {
 	}
 }
 
+// takeDatagrams reserves up to k whole datagrams of blk bytes and returns
+// how many may be sent (0 when not even one is left).
+func (b *ByteBudget) takeDatagrams(k, blk int) int {
+	g := b.take(k * blk)
+	n := g / blk
+	b.give(g - n*blk)
+	return n
+}
+
 // give returns n reserved bytes that were not moved.
 func (b *ByteBudget) give(n int) {
 	if b != nil && n > 0 {

@@ -170,18 +170,15 @@ func (cfg ClientConfig) params() Params {
 
 // client is one client test run.
 type client struct {
-	cfg     ClientConfig
-	p       Params
-	d       Dialer
-	ctrl    net.Conn
-	cookie  [CookieSize]byte
-	streams []*stream
-	sent    atomic.Int64
-	recv    atomic.Int64
-	stop    chan struct{}
-	pl      *payload
-	lim     *sendLimit
-	cong    string
+	cfg    ClientConfig
+	p      Params
+	d      Dialer
+	ctrl   net.Conn
+	cookie [CookieSize]byte
+	set    *streamSet
+	sent   atomic.Int64
+	recv   atomic.Int64
+	cong   string
 }
 
 // RunClient runs one test against an iperf3 server reached through d and
@@ -194,7 +191,8 @@ func RunClient(ctx context.Context, d Dialer, cfg ClientConfig, progress func(In
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	c := &client{cfg: cfg, p: cfg.params(), d: d, stop: make(chan struct{})}
+	c := &client{cfg: cfg, p: cfg.params(), d: d}
+	c.set = newStreamSet(c.p, &c.sent, &c.recv, 0)
 	if err := c.p.Validate(); err != nil {
 		return nil, fmt.Errorf("iperf3 client: %w", err)
 	}
@@ -219,21 +217,8 @@ func RunClient(ctx context.Context, d Dialer, cfg ClientConfig, progress func(In
 
 // close stops workers and closes every connection.
 func (c *client) close() {
-	select {
-	case <-c.stop:
-	default:
-		close(c.stop)
-	}
 	_ = c.ctrl.Close()
-	for _, st := range c.streams {
-		_ = st.conn.Close()
-	}
-	for _, st := range c.streams {
-		if st.started {
-			<-st.done
-		}
-	}
-	c.pl.close()
+	c.set.close()
 }
 
 // readState reads one state, turning the server's error states into errors.
@@ -300,28 +285,18 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 		}
 		c.deadline()
 	}
-	if len(c.streams) != c.p.Streams() {
-		return nil, fmt.Errorf("iperf3 client: test started with %d of %d streams: %w", len(c.streams), c.p.Streams(), ErrBadState)
+	if len(c.set.streams) != c.p.Streams() {
+		return nil, fmt.Errorf("iperf3 client: test started with %d of %d streams: %w", len(c.set.streams), c.p.Streams(), ErrBadState)
 	}
-	if !c.p.Reverse {
-		size := c.p.BlockLen()
-		if !c.p.UDP {
-			size = sendChunk(size, c.p.Bandwidth, c.p.ZeroCopy)
-		}
-		pl, err := newPayload(size, c.p.RepeatingPayload, !c.p.UDP && c.p.ZeroCopy)
-		if err != nil {
-			return nil, fmt.Errorf("iperf3 client: %w", err)
-		}
-		c.pl = pl
+	if err := c.set.preparePayload(); err != nil {
+		return nil, fmt.Errorf("iperf3 client: %w", err)
 	}
 	_ = c.ctrl.SetDeadline(time.Time{})
 	cpu := startCPU()
 	start := time.Now()
-	for _, st := range c.streams {
-		st.start = start
-		st.count = true
-		c.startWorker(st)
-	}
+	c.set.begin(start)
+	c.set.startWorkers(false)
+	c.set.startWorkers(true)
 	msgs := make(chan ctrlMsg, 2)
 	var rwg sync.WaitGroup
 	rwg.Add(1)
@@ -343,8 +318,8 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 	}
 	// TEST_END and the results exchange.
 	retrans := c.senderHasRetransmits() == 1
-	c.endStreams(retrans)
-	for _, st := range c.streams {
+	c.set.end(retrans)
+	for _, st := range c.set.streams {
 		if st.sender && st.sendErr != nil && st.bytes.Load() == 0 {
 			return nil, fmt.Errorf("iperf3 client: nothing was sent: %w", st.sendErr)
 		}
@@ -365,10 +340,8 @@ func (c *client) run(ctx context.Context, progress func(Interval)) (*ClientResul
 	if m.state != ExchangeResults {
 		return nil, fmt.Errorf("iperf3 client: state %v instead of EXCHANGE_RESULTS: %w", m.state, ErrBadState)
 	}
-	ours := Results{CPUUtilTotal: total, CPUUtilUser: user, CPUUtilSystem: sys, SenderHasRetransmits: c.senderHasRetransmits(), CongestionUsed: c.cong}
-	for _, st := range c.streams {
-		ours.Streams = append(ours.Streams, st.results())
-	}
+	ours := Results{CPUUtilTotal: total, CPUUtilUser: user, CPUUtilSystem: sys, SenderHasRetransmits: c.senderHasRetransmits(),
+		CongestionUsed: c.cong, Streams: c.set.results()}
 	b, err := ours.Marshal()
 	if err == nil {
 		err = writeMessage(c.ctrl, b)
@@ -429,10 +402,7 @@ func (c *client) runLoop(ctx context.Context, start time.Time, msgs <-chan ctrlM
 		last, lastSent, lastRecv = now, s, r
 	}
 	var sentBase, recvBase int64
-	budget := p.Bytes
-	if budget == 0 && p.Blocks > 0 {
-		budget = p.Blocks * int64(p.BlockLen())
-	}
+	budget := p.byteBudget()
 	for {
 		select {
 		case <-ctx.Done():
@@ -449,9 +419,7 @@ func (c *client) runLoop(ctx context.Context, start time.Time, msgs <-chan ctrlM
 			omitting = false
 			measureStart = now
 			sentBase, recvBase = c.sent.Load(), c.recv.Load()
-			for _, st := range c.streams {
-				st.markOmitEnd(now, c.senderHasRetransmits() == 1 && st.sender)
-			}
+			c.set.markOmitEnd(now, c.senderHasRetransmits() == 1)
 		case now := <-tick.C:
 			report(now)
 		case <-endC:
@@ -461,29 +429,12 @@ func (c *client) runLoop(ctx context.Context, start time.Time, msgs <-chan ctrlM
 			if omitting || budget == 0 {
 				continue
 			}
-			if c.sent.Load()-sentBase >= budget || c.recv.Load()-recvBase >= budget || c.sendersDone() {
+			if c.sent.Load()-sentBase >= budget || c.recv.Load()-recvBase >= budget || c.set.sendersDone() {
 				report(time.Now())
 				return measureStart, nil
 			}
 		}
 	}
-}
-
-// sendersDone reports whether the test has senders and all have stopped.
-func (c *client) sendersDone() bool {
-	senders := false
-	for _, st := range c.streams {
-		if !st.sender {
-			continue
-		}
-		senders = true
-		select {
-		case <-st.done:
-		default:
-			return false
-		}
-	}
-	return senders && c.lim != nil
 }
 
 // senderHasRetransmits mirrors what the reference client reports.
@@ -512,14 +463,12 @@ func (c *client) createStreams(ctx context.Context) error {
 			roles = append(roles, !c.p.Reverse)
 		}
 	}
-	for i, sender := range roles {
+	for _, sender := range roles {
 		conn, err := c.openStream(ctx)
 		if err != nil {
 			return err
 		}
-		st := &stream{id: streamID(i), sender: sender, udp: c.p.UDP, conn: conn, done: make(chan struct{})}
-		c.streams = append(c.streams, st)
-		c.applySockopts(st)
+		c.applySockopts(c.set.add(conn, sender))
 	}
 	return nil
 }
@@ -597,59 +546,6 @@ func (c *client) applySockopts(st *stream) {
 	}
 }
 
-// startWorker starts a stream's data goroutine.
-func (c *client) startWorker(st *stream) {
-	p := c.p
-	st.started = true
-	switch {
-	case st.sender:
-		if c.lim == nil && p.Omit == 0 {
-			if p.Bytes > 0 {
-				c.lim = &sendLimit{limit: p.Bytes}
-			} else if p.Blocks > 0 {
-				c.lim = &sendLimit{limit: p.Blocks * int64(p.BlockLen())}
-			}
-		}
-		if p.UDP {
-			go st.runUDPSender(c.pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, c.lim, &c.sent, c.stop)
-		} else {
-			go st.runTCPSender(c.pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, c.lim, &c.sent, c.stop)
-		}
-	case p.UDP:
-		go st.runUDPReceiver(p.UDPCounters64Bit, &c.recv)
-	default:
-		go st.runTCPReceiver(0, &c.recv)
-	}
-}
-
-// endStreams stops the senders and fixes the final counters; TCP receivers
-// are closed, UDP receivers drain until the client returns.
-func (c *client) endStreams(retrans bool) {
-	now := time.Now()
-	close(c.stop)
-	for _, st := range c.streams {
-		if st.sender {
-			_ = st.conn.SetWriteDeadline(now)
-		} else if !st.udp {
-			_ = st.conn.SetReadDeadline(now)
-		}
-	}
-	for _, st := range c.streams {
-		if st.sender || !st.udp {
-			<-st.done
-		}
-		if !st.sender && !st.udp {
-			if n := drainQueued(st.conn, nil); n > 0 {
-				st.bytes.Add(n)
-				c.recv.Add(n)
-			}
-		}
-	}
-	for _, st := range c.streams {
-		st.markEnd(now, retrans && st.sender)
-	}
-}
-
 // summarise combines both sides' results.
 func (c *client) summarise(srv Results, d time.Duration, cpu CPUUtil) *ClientResult {
 	res := &ClientResult{
@@ -677,7 +573,7 @@ func (c *client) summarise(srv Results, d time.Duration, cpu CPUUtil) *ClientRes
 		return res.Download
 	}
 	var jitterN = map[*DirectionResult]int{}
-	for _, st := range c.streams {
+	for _, st := range c.set.streams {
 		local := st.results()
 		rs := remote[st.id]
 		dr := dir(st.sender)

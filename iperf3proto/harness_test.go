@@ -85,8 +85,9 @@ type iperfJSON struct {
 	Error string `json:"error"`
 	Start struct {
 		TestStart struct {
-			NumStreams int `json:"num_streams"`
-			Duration   int `json:"duration"`
+			NumStreams int   `json:"num_streams"`
+			BlkSize    int64 `json:"blksize"`
+			Duration   int   `json:"duration"`
 		} `json:"test_start"`
 	} `json:"start"`
 	End struct {
@@ -123,7 +124,12 @@ type iperfSum struct {
 // runIperf3 runs the stock client with args and decodes its JSON.
 func runIperf3(t testing.TB, args ...string) (*iperfJSON, []byte) {
 	t.Helper()
-	bin := testutil.LookBinary(t, "iperf3")
+	return runIperf3Bin(t, testutil.LookBinary(t, "iperf3"), args...)
+}
+
+// runIperf3Bin runs the iperf3 client bin with args and decodes its JSON.
+func runIperf3Bin(t testing.TB, bin string, args ...string) (*iperfJSON, []byte) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, args...).Output()

@@ -2,6 +2,7 @@ package iperf3proto
 
 import (
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,17 +25,50 @@ type interopCase struct {
 	check func(t *testing.T, j *iperfJSON, r *TestResult)
 }
 
-// rateTolerance bounds a paced (-b) rate's error: 15%, since on a loaded
-// 2-core CI box under -race a sender can be starved for a while.
-const rateTolerance = 0.15
+// rateTolerance is how far above its -b rate a paced sender may be
+// measured (a block more than the rate allows, short receiver seconds).
+// Below the rate is not checked: on a loaded machine a starved sender
+// falls short, and rates belong in benchmarks.
+const rateTolerance = 0.05
 
-// inFlightPerStream bounds what one TCP stream can have in socket buffers
-// (send plus receive) on loopback.
-const inFlightPerStream = 16 << 20
+// inFlightPerStream bounds what one TCP stream can hold in kernel buffers
+// when a test ends, sent but never read: the largest send buffer plus the
+// largest receive buffer the kernel lets a socket grow to (autotuning or
+// -w). It is read from the kernel's settings, not guessed: a fixed 16 MiB
+// failed under load, with tcp_rmem's maximum at 32 MiB.
+func inFlightPerStream() int64 {
+	field := func(path string, i int, def int64) int64 {
+		b, err := os.ReadFile(path)
+		f := strings.Fields(string(b))
+		if err != nil || len(f) <= i {
+			return def
+		}
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return def
+		}
+		return v
+	}
+	snd := max(field("/proc/sys/net/ipv4/tcp_wmem", 2, 4<<20), 2*field("/proc/sys/net/core/wmem_max", 0, 4<<20))
+	rcv := max(field("/proc/sys/net/ipv4/tcp_rmem", 2, 6<<20), 2*field("/proc/sys/net/core/rmem_max", 0, 4<<20))
+	return snd + rcv
+}
 
-// checkDirection checks one direction's sums: both non-zero, receiver close
-// to sender, and our server's count matching the client's report.
-func checkDirection(t *testing.T, dir string, streams int, sent, recv *iperfSum, ours int64, tcp bool) {
+// lateWrite bounds what one stream's sender writes after it fixed its
+// count: threaded clients (3.16 and later) stop counting before their
+// last write returns. Our senders write at most 1 MiB at a time, stock
+// ones a block (blk).
+func lateWrite(blk int64) int64 { return max(blk, sendChunkTarget) }
+
+// checkDirection checks one direction's sums: both non-zero; for TCP
+// (tcp set) received <= sent + a late write per stream, and sent <=
+// received + what the kernel buffers of the streams can hold at the end;
+// and our server's count equal to what the client reports for it (the
+// results exchange carries our figure). With -O (omit) the ends start
+// measuring when their own omit timers fire, tens of milliseconds apart
+// on a busy machine, so sent and received cover different windows: pass
+// tcp false there. blk is the client's block size.
+func checkDirection(t *testing.T, dir string, streams int, blk int64, sent, recv *iperfSum, ours int64, tcp bool) {
 	t.Helper()
 	if sent == nil || recv == nil {
 		t.Fatalf("%s: missing sums (sent %v, received %v)", dir, sent, recv)
@@ -42,27 +76,32 @@ func checkDirection(t *testing.T, dir string, streams int, sent, recv *iperfSum,
 	if sent.Bytes <= 0 || recv.Bytes <= 0 {
 		t.Fatalf("%s: zero bytes: sent %d received %d", dir, sent.Bytes, recv.Bytes)
 	}
-	// What is in flight when the test ends is sent but never read: allow 5%
-	// or the socket buffers of every stream, whichever is more.
-	if slack := max(0.05*float64(sent.Bytes), float64(streams*inFlightPerStream)); tcp && math.Abs(float64(sent.Bytes-recv.Bytes)) > slack {
-		t.Errorf("%s: sent %d and received %d differ by more than %.0f bytes", dir, sent.Bytes, recv.Bytes, slack)
+	n := int64(max(streams, 1))
+	if slack, late := n*inFlightPerStream(), n*lateWrite(blk); tcp && (recv.Bytes > sent.Bytes+late || sent.Bytes-recv.Bytes > slack) {
+		t.Errorf("%s: sent %d, received %d: want received <= sent + %d (late writes) and sent <= received + %d (kernel buffers)",
+			dir, sent.Bytes, recv.Bytes, late, slack)
 	}
-	if ours >= 0 && !within(float64(ours), float64(recv.Bytes), 0.02) && !within(float64(ours), float64(sent.Bytes), 0.02) {
+	if ours >= 0 && ours != recv.Bytes && ours != sent.Bytes {
 		t.Errorf("%s: server counted %d, client reports sent %d received %d", dir, ours, sent.Bytes, recv.Bytes)
 	}
 }
 
+// checkSeconds checks that a timed test ran its time: not ended early
+// (10% for timer granularity) and not held on by the server (a busy
+// machine stretches the end by scheduling delays, far less than
+// lateEnd).
 func checkSeconds(t *testing.T, s *iperfSum, want float64) {
 	t.Helper()
-	if s == nil || !within(s.Seconds, want, 0.10) {
-		t.Errorf("duration: got %+v, want %.1fs within 10%%", s, want)
+	const lateEnd = 5.0 // seconds
+	if s == nil || s.Seconds < 0.9*want || s.Seconds > want+lateEnd {
+		t.Errorf("duration: got %+v, want %.1fs (at most %.0fs more)", s, want, lateEnd)
 	}
 }
 
 // forward checks a client-sends test of secs seconds.
 func forward(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
-		checkDirection(t, "forward", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
+		checkDirection(t, "forward", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSent, j.End.SumReceived, r.BytesReceived, r.Params.Omit == 0)
 		if secs > 0 {
 			checkSeconds(t, j.End.SumSent, secs)
 		}
@@ -75,7 +114,7 @@ func forward(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 // reverse checks a server-sends test.
 func reverse(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
-		checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesSent, true)
+		checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSent, j.End.SumReceived, r.BytesSent, r.Params.Omit == 0)
 		if secs > 0 {
 			checkSeconds(t, j.End.SumReceived, secs)
 		}
@@ -87,32 +126,44 @@ func reverse(secs float64) func(t *testing.T, j *iperfJSON, r *TestResult) {
 
 // bidir checks both directions.
 func bidir(t *testing.T, j *iperfJSON, r *TestResult) {
-	checkDirection(t, "client->server", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
-	checkDirection(t, "server->client", j.Start.TestStart.NumStreams, j.End.SumSentBidir, j.End.SumReceivedBidir, r.BytesSent, true)
+	checkDirection(t, "client->server", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSent, j.End.SumReceived, r.BytesReceived, true)
+	checkDirection(t, "server->client", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSentBidir, j.End.SumReceivedBidir, r.BytesSent, true)
 }
 
-// udpCheck checks a UDP test's summary: packets, loss bound, jitter.
-func udpCheck(maxLoss float64, rev bool) func(t *testing.T, j *iperfJSON, r *TestResult) {
+// udpCheck checks a UDP test's summary against our server's own figures:
+// packets and bytes moved, jitter reported, lost <= packets, and the loss
+// the client reports equal to what happened: in a forward test it is our
+// receiver's count exactly and our highest sequence number is at most what
+// the client sent; in reverse our sender sent at least what the client's
+// receiver saw. No loss bound: loss under load is for benchmarks.
+func udpCheck(rev bool) func(t *testing.T, j *iperfJSON, r *TestResult) {
 	return func(t *testing.T, j *iperfJSON, r *TestResult) {
 		s := j.End.Sum
 		if s == nil || s.Packets <= 0 || s.Bytes <= 0 {
 			t.Fatalf("UDP summary missing or empty: %+v", s)
 		}
-		if s.LostPercent > maxLoss {
-			t.Errorf("UDP loss %.2f%% above %.2f%%", s.LostPercent, maxLoss)
+		if s.Lost > s.Packets || s.Lost < 0 {
+			t.Errorf("UDP loss %d of %d", s.Lost, s.Packets)
 		}
 		if s.Jitter <= 0 {
 			t.Errorf("UDP jitter not reported: %+v", s)
 		}
-		ours := r.BytesReceived
+		var packets, lost int64
+		for _, ps := range r.PerStream {
+			if ps.Sender == rev {
+				packets += ps.Packets
+				lost += ps.Lost
+			}
+		}
 		if rev {
-			ours = r.BytesSent
+			if r.BytesSent <= 0 || packets < s.Packets {
+				t.Errorf("server sent %d bytes in %d datagrams; the client saw up to sequence %d", r.BytesSent, packets, s.Packets)
+			}
+			return
 		}
-		if ours <= 0 {
-			t.Errorf("server counted no UDP bytes: %+v", r)
-		}
-		if !rev && len(r.PerStream) > 0 && r.PerStream[0].Packets <= 0 {
-			t.Errorf("server UDP stats empty: %+v", r.PerStream)
+		if r.BytesReceived <= 0 || packets <= 0 || packets > s.Packets || lost != s.Lost {
+			t.Errorf("server received %d bytes, highest sequence %d, lost %d; client sent %d datagrams and reports %d lost",
+				r.BytesReceived, packets, lost, s.Packets, s.Lost)
 		}
 	}
 }
@@ -155,7 +206,7 @@ func interopCases() []interopCase {
 			// The client ends the test after 2000 reads, which may be short,
 			// leaving what is in flight unread: the server stops at 2000
 			// blocks at most.
-			checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.End.SumSent, j.End.SumReceived, r.BytesSent, false)
+			checkDirection(t, "reverse", j.Start.TestStart.NumStreams, j.Start.TestStart.BlkSize, j.End.SumSent, j.End.SumReceived, r.BytesSent, false)
 			if j.End.SumReceived.Bytes > j.End.SumSent.Bytes {
 				t.Errorf("received %d > sent %d", j.End.SumReceived.Bytes, j.End.SumSent.Bytes)
 			}
@@ -187,14 +238,14 @@ func interopCases() []interopCase {
 		}},
 		{name: "b500M", args: []string{"-t", "2", "-b", "500M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			forward(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
-				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
+			if bps := j.End.SumReceived.BPS; bps > 500e6*(1+rateTolerance) {
+				t.Errorf("rate %.0f, above 500M by more than %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "R_b500M", args: []string{"-t", "2", "-b", "500M", "-R"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			reverse(2)(t, j, r)
-			if bps := j.End.SumReceived.BPS; !within(bps, 500e6, rateTolerance) {
-				t.Errorf("rate %.0f, want 500M within %.0f%%", bps, 100*rateTolerance)
+			if bps := j.End.SumReceived.BPS; bps > 500e6*(1+rateTolerance) {
+				t.Errorf("rate %.0f, above 500M by more than %.0f%%", bps, 100*rateTolerance)
 			}
 		}},
 		{name: "get_server_output", args: []string{"-t", "1", "--get-server-output"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
@@ -203,52 +254,92 @@ func interopCases() []interopCase {
 				t.Errorf("server output text: %q", j.ServerOutputText)
 			}
 		}},
-		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(5, false)},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(false)},
 		// In -R the stock client receives with its default 208 KiB buffer
-		// (six 32 KiB datagrams); on a loaded CI box its scheduling alone
-		// loses a few percent, so the bound is looser than for our receiver.
-		{name: "u_b200M_R", args: []string{"-t", "1", "-u", "-b", "200M", "-R"}, check: udpCheck(15, true)},
+		// (six 32 KiB datagrams); on a loaded machine its scheduling alone
+		// loses any share: no loss bound, the invariants only.
+		{name: "u_b200M_R", args: []string{"-t", "1", "-u", "-b", "200M", "-R"}, check: udpCheck(true)},
 		{name: "u_bidir_b100M", args: []string{"-t", "1", "-u", "--bidir", "-b", "100M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
 			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
 				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
 			}
 		}},
-		{name: "u_l1400_b0", args: []string{"-t", "1", "-u", "-l", "1400", "-b", "0"}, check: udpCheck(100, false)},
+		{name: "u_l1400_b0", args: []string{"-t", "1", "-u", "-l", "1400", "-b", "0"}, check: udpCheck(false)},
 		{name: "u_64bit", args: []string{"-t", "1", "-u", "--udp-counters-64bit", "-b", "50M"}, check: func(t *testing.T, j *iperfJSON, r *TestResult) {
-			udpCheck(5, false)(t, j, r)
+			udpCheck(false)(t, j, r)
 			if !r.Params.UDPCounters64Bit {
 				t.Error("64-bit counters not negotiated")
 			}
 		}},
 		{name: "ipv6", host: "::1", args: []string{"-t", "1", "-6"}, check: forward(1)},
-		{name: "ipv6_udp_R", host: "::1", args: []string{"-t", "1", "-6", "-u", "-b", "100M", "-R"}, check: udpCheck(15, true)},
+		{name: "ipv6_udp_R", host: "::1", args: []string{"-t", "1", "-6", "-u", "-b", "100M", "-R"}, check: udpCheck(true)},
 	}
 }
 
 // TestInteropStockClient runs the stock iperf3 client against our server.
 func TestInteropStockClient(t *testing.T) {
-	testutil.LookBinary(t, "iperf3")
+	bin := testutil.LookBinary(t, "iperf3")
 	for _, tc := range interopCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			host := tc.host
-			if host == "" {
-				host = "127.0.0.1"
+		t.Run(tc.name, func(t *testing.T) { runInteropCase(t, bin, tc) })
+	}
+}
+
+// runInteropCase runs client bin with the case's flags against our server.
+func runInteropCase(t *testing.T, bin string, tc interopCase) {
+	host := tc.host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	ts := startServer(t, host, ServerConfig{}, 1)
+	args := append([]string{"-c", host, "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)
+	j, out := runIperf3Bin(t, bin, args...)
+	r := ts.result(t)
+	if j.Error != "" {
+		t.Fatalf("client error %q; server %+v", j.Error, r)
+	}
+	if r.EndReason != EndDone {
+		t.Fatalf("server end %q err %v", r.EndReason, r.Err)
+	}
+	tc.check(t, j, r)
+	if t.Failed() {
+		t.Logf("client JSON: %.3000s", out)
+	}
+}
+
+// upstreamIperf3 is the command of an upstream iperf3 3.20+ (with --gsro)
+// that .ci/iperf3-upstream.sh installs from Debian's packages.
+const upstreamIperf3 = "iperf3-upstream"
+
+// gsro checks that the client asked for GSO/GRO and then checks next.
+func gsro(next func(t *testing.T, j *iperfJSON, r *TestResult)) func(t *testing.T, j *iperfJSON, r *TestResult) {
+	return func(t *testing.T, j *iperfJSON, r *TestResult) {
+		if r.Params.GSO == 0 || r.Params.GRO == 0 || r.Params.GSODgSize == 0 {
+			t.Errorf("client did not send the gso/gro parameters: %+v", r.Params)
+		}
+		next(t, j, r)
+	}
+}
+
+// TestInteropUpstreamClient runs an upstream iperf3 (3.20+) client against
+// our server, with and without --gsro (GSO/GRO on both ends): its
+// datagrams arrive coalesced and ours leave segmented.
+func TestInteropUpstreamClient(t *testing.T) {
+	bin := testutil.LookBinary(t, upstreamIperf3)
+	for _, tc := range []interopCase{
+		{name: "default", args: []string{"-t", "1"}, check: forward(1)},
+		{name: "R_P2", args: []string{"-t", "1", "-R", "-P", "2"}, check: streams(2, reverse(1))},
+		{name: "u_b200M", args: []string{"-t", "1", "-u", "-b", "200M"}, check: udpCheck(false)},
+		{name: "u_gsro_b500M", args: []string{"-t", "1", "-u", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(false))},
+		{name: "u_R_gsro_b500M", args: []string{"-t", "1", "-u", "-R", "--gsro", "-b", "500M", "-l", "1400"}, check: gsro(udpCheck(true))},
+		{name: "u_gsro_b0_P2", args: []string{"-t", "1", "-u", "--gsro", "-b", "0", "-l", "1400", "-P", "2"}, check: gsro(streams(2, udpCheck(false)))},
+		{name: "u_bidir_gsro", args: []string{"-t", "1", "-u", "--bidir", "--gsro", "-b", "200M"}, check: gsro(func(t *testing.T, j *iperfJSON, r *TestResult) {
+			if r.BytesSent <= 0 || r.BytesReceived <= 0 || j.End.SumSent == nil || j.End.SumSentBidir == nil {
+				t.Fatalf("bidir UDP: server %d/%d, client %+v", r.BytesSent, r.BytesReceived, j.End)
 			}
-			ts := startServer(t, host, ServerConfig{}, 1)
-			args := append([]string{"-c", host, "-p", strconv.Itoa(ts.port), "-J"}, tc.args...)
-			j, out := runIperf3(t, args...)
-			r := ts.result(t)
-			if j.Error != "" {
-				t.Fatalf("client error %q; server %+v", j.Error, r)
-			}
-			if r.EndReason != EndDone {
-				t.Fatalf("server end %q err %v", r.EndReason, r.Err)
-			}
-			tc.check(t, j, r)
-			if t.Failed() {
-				t.Logf("client JSON: %.3000s", out)
-			}
-		})
+		})},
+		{name: "u_64bit_gsro", args: []string{"-t", "1", "-u", "--gsro", "--udp-counters-64bit", "-b", "100M"}, check: gsro(udpCheck(false))},
+	} {
+		t.Run(tc.name, func(t *testing.T) { runInteropCase(t, bin, tc) })
 	}
 }
 

@@ -53,7 +53,7 @@ func (o *serverOutput) finish(res *TestResult, ours, theirs *Results, total, use
 	var sumSent, sumRecv uint64
 	var secs float64
 	for _, s := range ours.Streams {
-		st := o.t.streams[indexOfStream(o.t.streams, s.ID)]
+		st := o.t.set.streams[indexOfStream(o.t.set.streams, s.ID)]
 		role := "receiver"
 		if st.sender {
 			role = "sender"

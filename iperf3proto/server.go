@@ -78,8 +78,10 @@ type StreamStats struct {
 	Bytes       int64
 	Seconds     float64
 	Retransmits int64 // -1 when unknown
+	// Packets is the UDP datagrams sent (sender) or the highest sequence
+	// number seen (receiver), after the omit period.
+	Packets int64
 	// UDP receiver statistics
-	Packets    int64
 	Lost       int64
 	OutOfOrder int64
 	Jitter     float64 // seconds
@@ -286,6 +288,16 @@ type test struct {
 	remote netip.AddrPort
 	cookie [CookieSize]byte
 	params Params
+	res    *TestResult
+
+	// accepted is when the control connection arrived; hard is the
+	// test's teardown time as known so far (zero: none), hardCtx ends
+	// then, testCtx also ends when the test is torn down.
+	accepted time.Time
+	hard     time.Time
+	hardCtx  context.Context
+	testCtx  context.Context
+	cancels  []context.CancelFunc
 
 	wantTCP atomic.Bool
 	// resultsSent is set once our results are out: the client is finishing,
@@ -293,16 +305,16 @@ type test struct {
 	resultsSent atomic.Bool
 	carry       net.Conn // set by acceptLoop, read after wg.Wait
 	conns       chan net.Conn
+	msgs        chan ctrlMsg // control states read while streams run
 	wg          sync.WaitGroup
 
-	streams []*stream
-	stop    chan struct{} // closed to stop senders
-	quit    chan struct{} // closed when the test is torn down
-	out     *serverOutput
-	pl      *payload
-	lim     *sendLimit
+	set  *streamSet
+	quit chan struct{} // closed when the test is torn down
+	out  *serverOutput
 	// congestionUsed is the congestion control of the last stream set up.
 	congestionUsed string
+	// retrans: the server's senders report TCP retransmits.
+	retrans bool
 }
 
 type ctrlMsg struct {
@@ -310,301 +322,340 @@ type ctrlMsg struct {
 	err   error
 }
 
+// testEnd is how a phase ended the test early.
+type testEnd struct {
+	reason EndReason
+	err    error
+}
+
+func (e *testEnd) Error() string { return e.err.Error() }
+func (e *testEnd) Unwrap() error { return e.err }
+
+// endWith ends the test for reason with err.
+func endWith(reason EndReason, err error) error { return &testEnd{reason: reason, err: err} }
+
+// runTest serves one test on ctrl, phase by phase.
 func (s *Server) runTest(parent context.Context, ln net.Listener, udp UDPAcceptor, ctrl net.Conn, remote netip.AddrPort) *TestResult {
-	accepted := time.Now()
+	t := s.newTest(parent, ctrl, remote)
+	t.wg.Add(1)
+	go t.acceptLoop(t.testCtx, ln)
+	defer t.teardown()
+	err := t.handshake()
+	if err == nil {
+		err = t.applyLimits()
+	}
+	if err == nil {
+		err = t.setupStreams(udp)
+	}
+	var cpu cpuMeter
+	if err == nil {
+		cpu, err = t.run()
+	}
+	if err == nil {
+		err = t.exchangeResults(cpu)
+	}
+	var te *testEnd
+	switch {
+	case err == nil:
+		t.res.EndReason = EndDone
+	case errors.As(err, &te):
+		t.res.EndReason, t.res.Err = te.reason, te.err
+	default:
+		t.res.EndReason, t.res.Err = t.classify(err), err
+	}
+	return t.res
+}
+
+// newTest prepares the state of a test whose control connection arrived.
+func (s *Server) newTest(parent context.Context, ctrl net.Conn, remote netip.AddrPort) *test {
 	s.sent.Store(0)
 	s.received.Store(0)
 	t := &test{
-		srv: s, cfg: &s.cfg, ctrl: ctrl, remote: remote,
+		srv: s, cfg: &s.cfg, ctrl: ctrl, remote: remote, accepted: time.Now(),
 		log:   s.cfg.Logger.With().Str("remote", remote.String()).Logger(),
+		res:   &TestResult{Remote: remote},
 		conns: make(chan net.Conn),
-		stop:  make(chan struct{}),
+		msgs:  make(chan ctrlMsg, 4),
 		quit:  make(chan struct{}),
 	}
-	res := &TestResult{Remote: remote}
-	hard := s.cfg.Deadline
+	t.hard = s.cfg.Deadline
 	if s.cfg.TestTimeout > 0 {
-		hard = earliest(hard, accepted.Add(s.cfg.TestTimeout))
+		t.hard = earliest(t.hard, t.accepted.Add(s.cfg.TestTimeout))
 	}
-	var hardCtx context.Context
-	var cancelHard context.CancelFunc
-	if hard.IsZero() {
-		hardCtx, cancelHard = context.WithCancel(parent)
-	} else {
-		hardCtx, cancelHard = context.WithDeadline(parent, hard)
-	}
-	testCtx, cancel := context.WithCancel(hardCtx)
+	t.hardCtx = parent
+	t.tightenDeadline(t.hard)
+	ctx, cancel := context.WithCancel(t.hardCtx)
+	t.testCtx, t.cancels = ctx, append(t.cancels, cancel)
+	return t
+}
 
-	t.wg.Add(1)
-	go t.acceptLoop(testCtx, ln)
-	defer func() {
-		close(t.quit)
-		cancel()
-		cancelHard()
-		_ = ctrl.Close()
-		for _, st := range t.streams {
-			_ = st.conn.Close()
-		}
-		t.wg.Wait()
-		s.carry = t.carry
-		for _, st := range t.streams {
-			if st.started {
-				<-st.done
-			}
-		}
-		t.pl.close()
-		ev := t.log.Info()
-		if res.EndReason != EndDone {
-			ev = t.log.Warn().AnErr("err", res.Err)
-		}
-		ev.Str("end", string(res.EndReason)).Str("protocol", res.Protocol).Int("streams", res.Streams).
-			Bool("reverse", res.Reverse).Bool("bidir", res.Bidir).
-			Int64("bytes_sent", res.BytesSent).Int64("bytes_received", res.BytesReceived).
-			Dur("duration", res.Duration).Msg("iperf3 test finished")
-	}()
+// tightenDeadline makes hard the test's teardown time when it is earlier.
+func (t *test) tightenDeadline(hard time.Time) {
+	t.hard = earliest(t.hard, hard)
+	if t.hard.IsZero() {
+		return
+	}
+	ctx, cancel := context.WithDeadline(t.hardCtx, t.hard)
+	t.hardCtx, t.cancels = ctx, append(t.cancels, cancel)
+}
 
-	fail := func(reason EndReason, err error) *TestResult {
-		res.EndReason, res.Err = reason, err
-		return res
+// teardown releases everything the test started and logs its end.
+func (t *test) teardown() {
+	close(t.quit)
+	for _, c := range t.cancels {
+		c()
 	}
-	classify := func(err error) EndReason {
-		switch {
-		case hardCtx.Err() != nil || isTimeout(err):
-			return EndDeadline
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
-			return EndClientGone
-		}
-		return EndError
+	_ = t.ctrl.Close()
+	t.wg.Wait()
+	t.srv.carry = t.carry
+	if t.set != nil {
+		t.set.close()
 	}
-	// Handshake: cookie, PARAM_EXCHANGE, parameters.
-	setEarliest(ctrl, accepted.Add(s.cfg.HandshakeTimeout), hard)
+	res := t.res
+	ev := t.log.Info()
+	if res.EndReason != EndDone {
+		ev = t.log.Warn().AnErr("err", res.Err)
+	}
+	ev.Str("end", string(res.EndReason)).Str("protocol", res.Protocol).Int("streams", res.Streams).
+		Bool("reverse", res.Reverse).Bool("bidir", res.Bidir).
+		Int64("bytes_sent", res.BytesSent).Int64("bytes_received", res.BytesReceived).
+		Dur("duration", res.Duration).Msg("iperf3 test finished")
+}
+
+// classify names how an error of the control connection ended the test.
+func (t *test) classify(err error) EndReason {
+	switch {
+	case t.hardCtx.Err() != nil || isTimeout(err):
+		return EndDeadline
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
+		return EndClientGone
+	}
+	return EndError
+}
+
+// handshake reads the cookie and the parameters (PARAM_EXCHANGE).
+func (t *test) handshake() error {
+	ctrl := t.ctrl
+	setEarliest(ctrl, t.accepted.Add(t.cfg.HandshakeTimeout), t.hard)
 	if tc, ok := ctrl.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
 	// The handshake reads block on ctrl's deadline alone: end them at once
 	// when the test's context ends (session closed, server shutting down).
-	stopHandshakeWatch := context.AfterFunc(testCtx, func() { _ = ctrl.SetDeadline(time.Unix(1, 0)) })
-	defer stopHandshakeWatch()
+	stopWatch := context.AfterFunc(t.testCtx, func() { _ = ctrl.SetDeadline(time.Unix(1, 0)) })
+	defer stopWatch()
 	if _, err := io.ReadFull(ctrl, t.cookie[:]); err != nil {
-		return fail(classify(err), fmt.Errorf("read cookie: %w", err))
+		return fmt.Errorf("read cookie: %w", err)
 	}
 	if err := writeState(ctrl, ParamExchange); err != nil {
-		return fail(classify(err), err)
+		return err
 	}
 	b, err := readMessage(ctrl, MaxParamsSize)
-	if stopHandshakeWatch() && err == nil {
+	if stopWatch() && err == nil {
 		t.params, err = ParseParams(b)
 	} else if err == nil {
-		err = fmt.Errorf("read parameters: %w", testCtx.Err())
+		err = fmt.Errorf("read parameters: %w", t.testCtx.Err())
 	}
-	if err != nil {
-		if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || errors.Is(err, ErrMalformed) || classify(err) == EndError {
-			t.log.Warn().Err(err).Msg("iperf3: bad parameters: SERVER_ERROR")
-			_ = writeServerError(ctrl, ErrRecvParams, 0)
-			return fail(EndError, err)
-		}
-		return fail(classify(err), err)
+	if err == nil {
+		p := t.params
+		t.res.Params, t.res.Protocol, t.res.Reverse, t.res.Bidir, t.res.Streams = p, p.Protocol(), p.Reverse, p.Bidirectional, p.Streams()
+		return nil
 	}
-	p := t.params
-	res.Params, res.Protocol, res.Reverse, res.Bidir, res.Streams = p, p.Protocol(), p.Reverse, p.Bidirectional, p.Streams()
+	if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrParamType) || errors.Is(err, ErrMalformed) || t.classify(err) == EndError {
+		t.log.Warn().Err(err).Msg("iperf3: bad parameters: SERVER_ERROR")
+		_ = writeServerError(ctrl, ErrRecvParams, 0)
+		return endWith(EndError, err)
+	}
+	return err
+}
+
+// applyLimits refuses what the protocol or the server does not allow,
+// asks the policy hook, and fixes the hard deadline now that the duration
+// is known.
+func (t *test) applyLimits() error {
+	p, cfg := t.params, t.cfg
 	if err := t.checkLimits(); err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
 			t.log.Warn().Int32("iperf3_errno", int32(pe.Code)).Str("reason", pe.Detail).Msg("iperf3: request refused: SERVER_ERROR")
-			_ = writeServerError(ctrl, pe.Code, pe.Errno)
+			_ = writeServerError(t.ctrl, pe.Code, pe.Errno)
 		}
-		return fail(EndError, err)
+		return endWith(EndError, err)
 	}
-	if s.cfg.OnStart != nil {
-		if err := s.cfg.OnStart(p); err != nil {
+	if cfg.OnStart != nil {
+		if err := cfg.OnStart(p); err != nil {
 			t.log.Warn().Err(err).Msg("iperf3: test refused by policy: ACCESS_DENIED")
-			_ = writeState(ctrl, AccessDenied)
-			return fail(EndError, fmt.Errorf("refused by policy: %w", err))
+			_ = writeState(t.ctrl, AccessDenied)
+			return endWith(EndError, fmt.Errorf("refused by policy: %w", err))
 		}
 	}
-	// Hard deadline now that the duration is known.
-	if p.Time > 0 {
-		hard = earliest(hard, accepted.Add(time.Duration(p.Time+p.Omit)*time.Second+testGrace))
-	} else if s.cfg.MaxDuration > 0 {
-		hard = earliest(hard, accepted.Add(s.cfg.MaxDuration+testGrace))
-	} else if s.cfg.TestTimeout <= 0 && s.cfg.Deadline.IsZero() {
-		hard = earliest(hard, accepted.Add(defaultUntimedLimit))
+	switch {
+	case p.Time > 0:
+		t.tightenDeadline(t.accepted.Add(time.Duration(p.Time+p.Omit)*time.Second + testGrace))
+	case cfg.MaxDuration > 0:
+		t.tightenDeadline(t.accepted.Add(cfg.MaxDuration + testGrace))
+	case cfg.TestTimeout <= 0 && cfg.Deadline.IsZero():
+		t.tightenDeadline(t.accepted.Add(defaultUntimedLimit))
 	}
-	tightened, cancelTightened := context.WithDeadline(hardCtx, hard)
-	defer cancelTightened()
-	hardCtx = tightened
 	t.log.Info().Str("protocol", p.Protocol()).Int("parallel", max(p.Parallel, 1)).Bool("reverse", p.Reverse).
 		Bool("bidir", p.Bidirectional).Int("time", p.Time).Int64("bytes", p.Bytes).Int64("blocks", p.Blocks).
 		Int("len", p.BlockLen()).Uint64("bandwidth", p.Bandwidth).Str("client_version", p.ClientVersion).
-		Msg("iperf3 test accepted")
-	t.out = newServerOutput(s.cfg.ServerOutputJSON, t)
+		Bool("gsro", p.GSO != 0 || p.GRO != 0).Msg("iperf3 test accepted")
+	t.out = newServerOutput(t.cfg.ServerOutputJSON, t)
+	t.set = newStreamSet(p, &t.srv.sent, &t.srv.received, serverRcvLowat)
+	t.set.budget = t.cfg.Budget
+	t.set.closeAtEnd = true
+	t.retrans = t.senderHasRetransmits() == 1
+	return nil
+}
 
-	// CREATE_STREAMS.
-	setEarliest(ctrl, time.Now().Add(s.cfg.HandshakeTimeout), hard)
-	msgs := make(chan ctrlMsg, 4)
+// setupStreams sends CREATE_STREAMS and takes the test's data connections
+// in accept order (the first N are the server's receivers, the next N,
+// with --bidir, its senders).
+func (t *test) setupStreams(udp UDPAcceptor) error {
+	p := t.params
+	setEarliest(t.ctrl, time.Now().Add(t.cfg.HandshakeTimeout), t.hard)
 	t.wg.Add(1)
-	go t.readControl(msgs)
+	go t.readControl(t.msgs)
 	if p.UDP {
 		if udp == nil {
-			_ = writeServerError(ctrl, ErrUnimplemented, 0)
-			return fail(EndError, errors.New("UDP test requested but the server has no UDP acceptor"))
+			_ = writeServerError(t.ctrl, ErrUnimplemented, 0)
+			return endWith(EndError, errors.New("UDP test requested but the server has no UDP acceptor"))
 		}
 		t.wg.Add(1)
-		go t.acceptUDP(testCtx, udp, p.Streams())
+		go t.acceptUDP(t.testCtx, udp, p.Streams())
 	} else {
 		t.wantTCP.Store(true)
 	}
-	if err := writeState(ctrl, CreateStreams); err != nil {
-		return fail(classify(err), err)
+	if err := writeState(t.ctrl, CreateStreams); err != nil {
+		return err
 	}
-	var conns []net.Conn
-	closeConns := func() {
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}
-	for len(conns) < p.Streams() {
+	n := max(p.Parallel, 1)
+	for len(t.set.streams) < p.Streams() {
 		select {
 		case c := <-t.conns:
-			conns = append(conns, c)
-		case m := <-msgs:
-			closeConns()
+			st := t.set.add(c, p.Reverse || (p.Bidirectional && len(t.set.streams) >= n))
+			t.out.connected(st)
+			if err := t.applySockopts(st); err != nil {
+				_ = writeServerError(t.ctrl, ErrStreamAccept, 0)
+				return endWith(EndError, err)
+			}
+		case m := <-t.msgs:
 			if m.err != nil {
-				return fail(classify(m.err), fmt.Errorf("control connection during stream setup: %w", m.err))
+				return fmt.Errorf("control connection during stream setup: %w", m.err)
 			}
 			if m.state == ClientTerminate {
-				return fail(EndClientGone, &ProtocolError{Code: ErrClientTerm})
+				return endWith(EndClientGone, &ProtocolError{Code: ErrClientTerm})
 			}
-			return fail(EndError, fmt.Errorf("state %v during stream setup: %w", m.state, ErrBadState))
-		case <-hardCtx.Done():
-			closeConns()
-			return fail(EndDeadline, fmt.Errorf("stream setup: %w", hardCtx.Err()))
+			return endWith(EndError, fmt.Errorf("state %v during stream setup: %w", m.state, ErrBadState))
+		case <-t.hardCtx.Done():
+			return endWith(EndDeadline, fmt.Errorf("stream setup: %w", t.hardCtx.Err()))
 		}
 	}
 	t.wantTCP.Store(false)
-	err = t.setupStreams(conns)
-	if err == nil {
-		err = t.preparePayload()
+	if err := t.set.preparePayload(); err != nil {
+		_ = writeServerError(t.ctrl, ErrStreamAccept, 0)
+		return endWith(EndError, err)
 	}
-	if err != nil {
-		closeConns()
-		_ = writeServerError(ctrl, ErrStreamAccept, 0)
-		return fail(EndError, err)
-	}
-	_ = ctrl.SetDeadline(hard)
+	_ = t.ctrl.SetDeadline(t.hard)
+	return nil
+}
 
-	// TEST_START, TEST_RUNNING.
+// run sends TEST_START and TEST_RUNNING, moves data until the client's
+// TEST_END, and fixes the streams' final counters.
+func (t *test) run() (cpuMeter, error) {
 	cpu := startCPU()
 	start := time.Now()
-	for _, st := range t.streams {
-		st.start = start
-		st.mu.Lock()
-		st.count = true
-		st.mu.Unlock()
-		if !st.sender {
-			t.startWorker(st)
-		}
-	}
-	err = writeState(ctrl, TestStart)
+	t.set.begin(start)
+	t.set.startWorkers(false)
+	err := writeState(t.ctrl, TestStart)
 	if err == nil {
-		err = writeState(ctrl, TestRunning)
+		err = writeState(t.ctrl, TestRunning)
 	}
 	if err != nil {
-		t.endStreams(false)
-		return fail(classify(err), err)
+		t.set.end(t.retrans)
+		return cpu, err
 	}
-	for _, st := range t.streams {
-		if st.sender {
-			t.startWorker(st)
-		}
-	}
+	t.set.startWorkers(true)
 	var omitC <-chan time.Time
-	if p.Omit > 0 {
-		omit := time.NewTimer(time.Duration(p.Omit) * time.Second)
+	if t.params.Omit > 0 {
+		omit := time.NewTimer(time.Duration(t.params.Omit) * time.Second)
 		defer omit.Stop()
 		omitC = omit.C
 	}
-	retrans := t.senderHasRetransmits() == 1
 	measureStart := start
-	// terminate ends a running test at the deadline, telling the client.
-	terminate := func(cause error) *TestResult {
-		t.endStreams(retrans)
-		t.fillResult(res, time.Since(measureStart))
-		_ = ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = writeState(ctrl, ServerTerminate)
-		return fail(EndDeadline, fmt.Errorf("test running: %w", cause))
-	}
-running:
+	defer func() {
+		t.set.end(t.retrans)
+		t.fillResult(time.Since(measureStart))
+	}()
 	for {
 		select {
 		case now := <-omitC:
 			measureStart = now
-			for _, st := range t.streams {
-				st.markOmitEnd(now, retrans && st.sender)
+			t.set.markOmitEnd(now, t.retrans)
+		case m := <-t.msgs:
+			if stop, err := t.runningState(m); stop {
+				return cpu, err
 			}
-		case m := <-msgs:
-			if m.err != nil && classify(m.err) == EndDeadline {
-				return terminate(m.err)
-			}
-			if m.err != nil {
-				t.endStreams(retrans)
-				t.fillResult(res, time.Since(measureStart))
-				return fail(classify(m.err), fmt.Errorf("control connection while running: %w", m.err))
-			}
-			switch m.state {
-			case TestEnd:
-				break running
-			case ClientTerminate:
-				t.endStreams(retrans)
-				t.fillResult(res, time.Since(measureStart))
-				return fail(EndClientGone, &ProtocolError{Code: ErrClientTerm})
-			case TestStart, IperfDone:
-			default:
-				t.endStreams(retrans)
-				return fail(EndError, fmt.Errorf("state %v while running: %w", m.state, ErrBadState))
-			}
-		case <-hardCtx.Done():
-			return terminate(hardCtx.Err())
+		case <-t.hardCtx.Done():
+			return cpu, t.terminate(t.hardCtx.Err())
 		}
 	}
+}
 
-	// TEST_END: stop, exchange results.
-	t.endStreams(retrans)
-	duration := time.Since(measureStart)
-	t.fillResult(res, duration)
-	total, user, sys := cpu.percent()
-	setEarliest(ctrl, time.Now().Add(resultsTimeout), hard)
-	if err := writeState(ctrl, ExchangeResults); err != nil {
-		return fail(classify(err), err)
+// runningState handles a control message while the test runs: stop
+// reports whether the test stops running, with a nil error on TEST_END.
+func (t *test) runningState(m ctrlMsg) (stop bool, err error) {
+	switch {
+	case m.err != nil && t.classify(m.err) == EndDeadline:
+		return true, t.terminate(m.err)
+	case m.err != nil:
+		return true, fmt.Errorf("control connection while running: %w", m.err)
+	case m.state == TestEnd:
+		return true, nil
+	case m.state == ClientTerminate:
+		return true, endWith(EndClientGone, &ProtocolError{Code: ErrClientTerm})
+	case m.state == TestStart || m.state == IperfDone:
+		return false, nil
 	}
-	b, err = readMessage(ctrl, MaxResultsSize)
+	return true, endWith(EndError, fmt.Errorf("state %v while running: %w", m.state, ErrBadState))
+}
+
+// terminate ends a running test at the deadline, telling the client.
+func (t *test) terminate(cause error) error {
+	t.set.end(t.retrans)
+	_ = t.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = writeState(t.ctrl, ServerTerminate)
+	return endWith(EndDeadline, fmt.Errorf("test running: %w", cause))
+}
+
+// exchangeResults reads the client's results, sends ours and waits for
+// IPERF_DONE (or the client closing).
+func (t *test) exchangeResults(cpu cpuMeter) error {
+	ctrl, p := t.ctrl, t.params
+	total, user, sys := cpu.percent()
+	setEarliest(ctrl, time.Now().Add(resultsTimeout), t.hard)
+	if err := writeState(ctrl, ExchangeResults); err != nil {
+		return err
+	}
+	b, err := readMessage(ctrl, MaxResultsSize)
 	var cr Results
 	if err == nil {
 		cr, err = ParseResults(b, MaxResultsSize)
 	}
 	if err != nil {
-		return fail(classify(err), fmt.Errorf("read client results: %w", err))
+		return fmt.Errorf("read client results: %w", err)
 	}
-	res.ClientResults = &cr
+	t.res.ClientResults = &cr
 	ours := Results{
 		CPUUtilTotal: total, CPUUtilUser: user, CPUUtilSystem: sys,
-		SenderHasRetransmits: t.senderHasRetransmits(),
+		SenderHasRetransmits: t.senderHasRetransmits(), Streams: t.set.results(),
 	}
 	if !p.UDP {
 		ours.CongestionUsed = t.congestionUsed
 	}
-	for _, st := range t.streams {
-		ours.Streams = append(ours.Streams, st.results())
-	}
 	if p.GetServerOutput {
-		t.out.finish(res, &ours, &cr, total, user, sys)
-		if s.cfg.ServerOutputJSON {
-			ours.ServerOutputJSON = t.out.json()
-			res.ServerOutput = ours.ServerOutputJSON
-		} else {
-			ours.ServerOutputText = t.out.text()
-			res.ServerOutputText = ours.ServerOutputText
-		}
+		t.addServerOutput(&ours, &cr, total, user, sys)
 	}
 	ob, err := ours.Marshal()
 	if err == nil {
@@ -615,18 +666,28 @@ running:
 		err = writeState(ctrl, DisplayResults)
 	}
 	if err != nil {
-		return fail(classify(err), fmt.Errorf("send results: %w", err))
+		return fmt.Errorf("send results: %w", err)
 	}
-	// IPERF_DONE (or the client just closing) ends the test.
 	st, err := readState(ctrl)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return fail(classify(err), fmt.Errorf("wait for IPERF_DONE: %w", err))
+		return fmt.Errorf("wait for IPERF_DONE: %w", err)
 	}
 	if err == nil && st != IperfDone {
 		t.log.Debug().Str("state", st.String()).Msg("iperf3: unexpected state after results")
 	}
-	res.EndReason = EndDone
-	return res
+	return nil
+}
+
+// addServerOutput adds --get-server-output's text or JSON to ours.
+func (t *test) addServerOutput(ours, theirs *Results, total, user, sys float64) {
+	t.out.finish(t.res, ours, theirs, total, user, sys)
+	if t.cfg.ServerOutputJSON {
+		ours.ServerOutputJSON = t.out.json()
+		t.res.ServerOutput = ours.ServerOutputJSON
+	} else {
+		ours.ServerOutputText = t.out.text()
+		t.res.ServerOutputText = ours.ServerOutputText
+	}
 }
 
 // checkLimits applies protocol limits and the server's own.
@@ -772,23 +833,6 @@ func (t *test) readControl(out chan<- ctrlMsg) {
 	}
 }
 
-// setupStreams builds the streams from accepted connections: the first N
-// are the server's receivers, the next N (bidir) its senders.
-func (t *test) setupStreams(conns []net.Conn) error {
-	p := t.params
-	n := max(p.Parallel, 1)
-	for i, c := range conns {
-		st := &stream{id: streamID(i), udp: p.UDP, conn: c, done: make(chan struct{}), budget: t.cfg.Budget}
-		st.sender = p.Reverse || (p.Bidirectional && i >= n)
-		t.streams = append(t.streams, st)
-		if err := t.applySockopts(st); err != nil {
-			return err
-		}
-		t.out.connected(st)
-	}
-	return nil
-}
-
 // applySockopts applies the client's socket options to a stream.
 func (t *test) applySockopts(st *stream) error {
 	p := t.params
@@ -842,103 +886,20 @@ func (t *test) applySockopts(st *stream) error {
 	return nil
 }
 
-// startWorker starts the stream's data goroutine.
-func (t *test) startWorker(st *stream) {
-	p := t.params
-	srv := t.srv
-	st.started = true
-	switch {
-	case st.sender:
-		pl := t.pl
-		var lim *sendLimit
-		if p.Bytes > 0 {
-			lim = t.limit(p.Bytes)
-		} else if p.Blocks > 0 {
-			lim = t.limit(p.Blocks * int64(p.BlockLen()))
-		}
-		if p.UDP {
-			go st.runUDPSender(pl, p.BlockLen(), p.UDPCounters64Bit, p.Bandwidth, lim, &srv.sent, t.stop)
-		} else {
-			go st.runTCPSender(pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, lim, &srv.sent, t.stop)
-		}
-	case p.UDP:
-		go st.runUDPReceiver(p.UDPCounters64Bit, &srv.received)
-	default:
-		go st.runTCPReceiver(serverRcvLowat, &srv.received)
-	}
-}
-
-// preparePayload builds the send payload when the server sends.
-func (t *test) preparePayload() error {
-	if !t.params.Reverse && !t.params.Bidirectional {
-		return nil
-	}
-	p := t.params
-	size := p.BlockLen()
-	if !p.UDP {
-		size = sendChunk(size, p.Bandwidth, p.ZeroCopy)
-	}
-	pl, err := newPayload(size, p.RepeatingPayload, !p.UDP && p.ZeroCopy)
-	if err != nil {
-		return err
-	}
-	t.pl = pl
-	return nil
-}
-
-// limit returns the test's shared send budget.
-func (t *test) limit(n int64) *sendLimit {
-	if t.lim == nil {
-		t.lim = &sendLimit{limit: n}
-	}
-	return t.lim
-}
-
-// endStreams stops senders, fixes every stream's final counters and closes
-// TCP streams (UDP receivers keep draining until the test is torn down).
-func (t *test) endStreams(retrans bool) {
-	select {
-	case <-t.stop:
-		return
-	default:
-	}
-	now := time.Now()
-	close(t.stop)
-	for _, st := range t.streams {
-		if st.sender {
-			_ = st.conn.SetWriteDeadline(now)
-		} else if !st.udp {
-			_ = st.conn.SetReadDeadline(now)
-		}
-	}
-	for _, st := range t.streams {
-		if st.started && (st.sender || !st.udp) {
-			<-st.done
-		}
-		if st.started && !st.sender && !st.udp {
-			if n := drainQueued(st.conn, st.budget); n > 0 {
-				st.bytes.Add(n)
-				t.srv.received.Add(n)
-			}
-		}
-	}
-	for _, st := range t.streams {
-		st.markEnd(now, retrans && st.sender)
-		if !st.udp {
-			_ = st.conn.Close()
-		}
-	}
-}
-
-// fillResult copies the streams' final counters into res.
-func (t *test) fillResult(res *TestResult, d time.Duration) {
+// fillResult copies the streams' final counters into the test's result.
+func (t *test) fillResult(d time.Duration) {
+	res := t.res
 	res.Duration = d
 	res.PerStream = res.PerStream[:0]
-	for _, st := range t.streams {
+	res.BytesSent, res.BytesReceived, res.Retransmits = 0, 0, 0
+	for _, st := range t.set.streams {
 		r := st.results()
 		ss := StreamStats{ID: st.id, Sender: st.sender, Bytes: int64(r.Bytes), Seconds: r.EndTime, Retransmits: r.Retransmits}
+		if st.udp {
+			ss.Packets = r.Packets - r.OmittedPackets
+		}
 		if st.udp && !st.sender {
-			ss.Packets, ss.Lost, ss.OutOfOrder, ss.Jitter = r.Packets-r.OmittedPackets, r.Errors-r.OmittedErrors, st.endOOO, r.Jitter
+			ss.Lost, ss.OutOfOrder, ss.Jitter = r.Errors-r.OmittedErrors, st.endOOO, r.Jitter
 		}
 		if st.sender {
 			res.BytesSent += ss.Bytes

@@ -2,12 +2,10 @@ package iperf3proto
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -52,16 +50,19 @@ type stream struct {
 }
 
 // sendLimit is a test-wide budget of bytes for senders (-n / -k); zero
-// means unlimited.
+// means unlimited. While omitting (the -O period) it lets everything
+// through, and restart starts counting when the period ends, so the
+// budget bounds the measured bytes as in iperf3.
 type sendLimit struct {
-	limit int64
-	used  atomic.Int64
+	limit    int64
+	used     atomic.Int64
+	omitting atomic.Bool
 }
 
 // take reserves up to n bytes, returning how many may be sent (0 = stop);
 // the last block is trimmed so the total is exactly the limit.
 func (l *sendLimit) take(n int) int {
-	if l == nil || l.limit == 0 {
+	if l == nil || l.limit == 0 || l.omitting.Load() {
 		return n
 	}
 	u := l.used.Add(int64(n))
@@ -70,6 +71,21 @@ func (l *sendLimit) take(n int) int {
 		return 0
 	}
 	return int(min(int64(n), l.limit-before))
+}
+
+// giveBack returns n reserved bytes that were not sent; nil-safe.
+func (l *sendLimit) giveBack(n int64) {
+	if l != nil && l.limit != 0 && n > 0 && !l.omitting.Load() {
+		l.used.Add(-n)
+	}
+}
+
+// restart starts the budget over (the omit period ended); nil-safe.
+func (l *sendLimit) restart() {
+	if l != nil {
+		l.used.Store(0)
+		l.omitting.Store(false)
+	}
 }
 
 // pacer spaces sends so that the average rate stays at most bps bits/s,
@@ -143,85 +159,6 @@ func (s *stream) runTCPReceiver(lowat int, meter *atomic.Int64) {
 	})
 	if errors.Is(err, ErrBudgetSpent) {
 		_ = s.conn.Close() // nothing more is read or drained
-	}
-}
-
-// runUDPSender sends datagrams with the iperf3 header until stop, an
-// unrecoverable error or the budget.
-func (s *stream) runUDPSender(p *payload, blk int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
-	defer close(s.done)
-	buf := make([]byte, blk)
-	copy(buf, p.bytes())
-	pc := pacer{bps: bps, start: time.Now()}
-	var seq uint64
-	softErrors := 0
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		if g := s.budget.take(blk); g < blk {
-			s.budget.give(g)
-			return
-		}
-		if lim.take(blk) == 0 || !pc.wait(blk, stop) {
-			return
-		}
-		now := time.Now()
-		seq++
-		h := UDPHeader{Sec: uint32(now.Unix()), Usec: uint32(now.Nanosecond() / 1000), Seq: seq}
-		_, _ = h.Encode(buf, c64)
-		w, err := s.conn.Write(buf)
-		s.budget.give(blk - max(w, 0))
-		if err != nil {
-			seq--
-			// The peer's socket may not be ready yet (ICMP unreachable) or
-			// the send buffer is full: retry a bounded number of times. A
-			// datagram too large for the path never fits: give up at once.
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return
-			}
-			softErrors++
-			if softErrors > 1000 || errors.Is(err, syscall.EMSGSIZE) {
-				s.sendErr = fmt.Errorf("udp stream %d: send %d-byte datagrams: %w", s.id, blk, err)
-				return
-			}
-			continue
-		}
-		softErrors = 0
-		s.packets.Store(int64(seq))
-		s.bytes.Add(int64(w))
-		meter.Add(int64(w))
-	}
-}
-
-// runUDPReceiver reads datagrams until the connection is closed, updating
-// the statistics while counting is on and draining afterwards.
-func (s *stream) runUDPReceiver(c64 bool, meter *atomic.Int64) {
-	defer close(s.done)
-	buf := make([]byte, 64<<10)
-	hl := UDPHeaderLen(c64)
-	for {
-		n, err := s.conn.Read(buf)
-		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // an ICMP error from the peer: keep reading
-			}
-			return
-		}
-		now := time.Now()
-		s.mu.Lock()
-		if s.count && s.budget.spend(n) {
-			s.bytes.Add(int64(n))
-			meter.Add(int64(n))
-			if n >= hl {
-				h, _ := DecodeUDPHeader(buf[:n], c64)
-				s.stats.Add(h, n, now)
-			}
-		}
-		s.mu.Unlock()
 	}
 }
 

@@ -56,6 +56,9 @@ type Message struct {
 	RxTime int64
 	// Truncated reports that the datagram was longer than Buf and was cut.
 	Truncated bool
+	// Seg, when positive, is the size of each datagram in Buf[:N]: the
+	// message carries several back to back (see EnableGSO, EnableGRO).
+	Seg int
 }
 
 // Batch is a reusable set of messages with buffers, handed out by Conn.Get.
@@ -113,7 +116,7 @@ func (c *Conn) Put(b *Batch) {
 	for i := range b.Msgs {
 		m := &b.Msgs[i]
 		m.Buf = m.Buf[:cap(m.Buf)]
-		m.N, m.Addr, m.RxTime, m.Truncated = 0, netip.AddrPort{}, 0, false
+		m.N, m.Addr, m.RxTime, m.Truncated, m.Seg = 0, netip.AddrPort{}, 0, false, 0
 	}
 	c.pool.Put(b)
 }

@@ -17,8 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ctrlSpace is the control buffer reserved per message: one SCM_TIMESTAMPNS.
-var ctrlSpace = unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{})))
+// ctrlSpace is the control buffer reserved per received message: one
+// SCM_TIMESTAMPNS and one UDP_GRO (offload_linux.go).
+var ctrlSpace = unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))) + groSpace
 
 // sysState is the kernel-facing scratch space of one direction (read or
 // write), allocated once per Conn.
@@ -39,6 +40,8 @@ type sysConn struct {
 	rcErr  error
 	v6     bool // the socket is AF_INET6 (possibly dual stack)
 	stamps atomic.Bool
+	gso    atomic.Bool // UDP_SEGMENT on for writes (offload_linux.go)
+	gro    atomic.Bool // UDP_GRO on for reads
 	rd, wr sysState
 }
 
@@ -48,6 +51,8 @@ func (st *sysState) alloc(batch int, ctrl bool) {
 	st.names = make([]unix.RawSockaddrInet6, batch)
 	if ctrl {
 		st.ctrl = make([]byte, batch*ctrlSpace)
+	} else {
+		st.ctrl = make([]byte, batch*gsoSpace)
 	}
 }
 
@@ -122,6 +127,7 @@ func (s *sysConn) readBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	stamps := s.stamps.Load()
+	ctrl := stamps || s.gro.Load()
 	for i := range msgs {
 		m := &msgs[i]
 		iov := &st.iovs[i]
@@ -137,7 +143,7 @@ func (s *sysConn) readBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 		h.Hdr.Iov = iov
 		h.Hdr.SetIovlen(1)
 		h.Hdr.Flags = 0
-		if stamps {
+		if ctrl {
 			h.Hdr.Control = &st.ctrl[i*ctrlSpace]
 			h.Hdr.SetControllen(ctrlSpace)
 		} else {
@@ -159,9 +165,13 @@ func (s *sysConn) readBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 		m.N = min(int(h.Len), len(m.Buf))
 		m.Truncated = h.Hdr.Flags&unix.MSG_TRUNC != 0
 		m.Addr = decodeAddr(&st.names[i])
-		m.RxTime = 0
-		if stamps {
-			m.RxTime = parseRxTime(st.ctrl[i*ctrlSpace : i*ctrlSpace+int(h.Hdr.Controllen)])
+		m.RxTime, m.Seg = 0, 0
+		if ctrl {
+			cb := st.ctrl[i*ctrlSpace : i*ctrlSpace+int(h.Hdr.Controllen)]
+			if stamps {
+				m.RxTime = parseRxTime(cb)
+			}
+			m.Seg = parseGRO(cb)
 		}
 	}
 	return n, nil
@@ -174,14 +184,18 @@ func (s *sysConn) writeBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 	st := &s.wr
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	gso := s.gso.Load()
 	cnt := 0
 	for i := range msgs {
 		m := &msgs[i]
-		if m.N < 0 || m.N > cap(m.Buf) {
-			if i == 0 {
-				return 0, fmt.Errorf("sendmmsg: %w: length %d, buffer %d", ErrBadLength, m.N, cap(m.Buf))
+		if m.N < 0 || m.N > cap(m.Buf) || (m.Seg > 0 && m.Seg < m.N && !gso) {
+			if i > 0 {
+				break
 			}
-			break
+			if m.Seg > 0 && m.Seg < m.N && !gso {
+				return 0, fmt.Errorf("sendmmsg: segmented message without GSO: %w", ErrUnsupported)
+			}
+			return 0, fmt.Errorf("sendmmsg: %w: length %d, buffer %d", ErrBadLength, m.N, cap(m.Buf))
 		}
 		nl, err := encodeAddr(&st.names[i], m.Addr, s.v6)
 		if err != nil {
@@ -207,6 +221,10 @@ func (s *sysConn) writeBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 		h.Hdr.SetIovlen(1)
 		h.Hdr.Control = nil
 		h.Hdr.SetControllen(0)
+		if m.Seg > 0 && m.Seg < m.N {
+			h.Hdr.Control = &st.ctrl[i*gsoSpace]
+			h.Hdr.SetControllen(putSegment(st.ctrl[i*gsoSpace:], m.Seg))
+		}
 		h.Hdr.Flags = 0
 		cnt++
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 )
 
-// sysConn is the portable fallback: one datagram per system call.
-type sysConn struct{}
+// sysConn is the portable fallback: one datagram per system call, no
+// offloads (gso and gro stay false).
+type sysConn struct{ gso, gro atomic.Bool }
 
 func (s *sysConn) init(*net.UDPConn, int) {}
 
@@ -19,7 +21,7 @@ func (s *sysConn) readBatch(uc *net.UDPConn, msgs []Message) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	m.N, m.Addr, m.RxTime, m.Truncated = n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), 0, false
+	m.N, m.Addr, m.RxTime, m.Truncated, m.Seg = n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), 0, false, 0
 	return 1, nil
 }
 
@@ -28,6 +30,9 @@ func (s *sysConn) writeBatch(uc *net.UDPConn, msgs []Message) (int, error) {
 		m := &msgs[i]
 		if m.N < 0 || m.N > cap(m.Buf) {
 			return i, fmt.Errorf("write: %w: length %d, buffer %d", ErrBadLength, m.N, cap(m.Buf))
+		}
+		if m.Seg > 0 && m.Seg < m.N {
+			return i, fmt.Errorf("write: segmented message without GSO: %w", ErrUnsupported)
 		}
 		var err error
 		if m.Addr.IsValid() {

@@ -6,7 +6,12 @@
 // native data plane. It is what `make bench-compare` runs.
 //
 //	go run ./bench/cmd/compare -reflector bin/reflector [-rounds 5] [-t 3]
-//	    [-cases '-P 1,-P 4,-R,-u -b 0 -l 1400'] [-json]
+//	    [-cases '-P 1,-P 4,-R,-u -b 0 -l 1400,-u -R -b 0 -l 1400'] [-json]
+//	    [-iperf3 iperf3-upstream]   (3.20+ client and server, for --gsro cases)
+//
+// Each case prints the median of each side, the spread (min-max) of each
+// side and of the per-round ratios ours/stock, and the load average at the
+// start and end of the run (the machine may be shared).
 //
 // Both servers start once, on distinct free ports, and stay up for the whole
 // run. Within a round the order alternates (stock first in even rounds, ours
@@ -41,11 +46,14 @@ import (
 // same run.
 const (
 	receiveGoal = 1.10 // ours/stock throughput for "-P 1" (server receives)
+	udpGoal     = 1.20 // ours/stock throughput for "-u" without -R or --gsro
 	otherGoal   = 1.0  // ours/stock throughput for every other case
-	cpuGoal     = 0.6  // ours/stock server CPU seconds per GB, at most
+	cpuGoal     = 0.6  // ours/stock server CPU seconds per GB, at most (TCP)
+	udpCPUGoal  = 0.5  // the same for UDP without --gsro
+	gsroCPUGoal = 1.0  // the same for UDP --gsro (against an upstream server)
 )
 
-const defaultCases = "-P 1,-P 4,-R,-u -b 0 -l 1400"
+const defaultCases = "-P 1,-P 4,-R,-u -b 0 -l 1400,-u -R -b 0 -l 1400"
 
 // attempts is how often one client run is tried before the tool gives up; a
 // server still tearing down the previous test may answer "busy" once.
@@ -63,12 +71,31 @@ type options struct {
 	cases     []caseSpec
 	json      bool
 	timeout   time.Duration
+	load      string // load averages at the start and end, for the report
 }
 
 type caseSpec struct {
-	Name string   `json:"case"`
-	Args []string `json:"args"`
-	Goal float64  `json:"goal_ratio"`
+	Name    string   `json:"case"`
+	Args    []string `json:"args"`
+	Goal    float64  `json:"goal_ratio"`
+	CPUGoal float64  `json:"goal_cpu_ratio"`
+}
+
+// newCase returns the case for a client argument set, with its goals.
+func newCase(f []string) caseSpec {
+	c := caseSpec{Name: strings.Join(f, " "), Args: f, Goal: otherGoal, CPUGoal: cpuGoal}
+	udp, rev, gsro := slices.Contains(f, "-u"), slices.Contains(f, "-R"), slices.Contains(f, "--gsro")
+	switch {
+	case slices.Equal(f, []string{"-P", "1"}):
+		c.Goal = receiveGoal
+	case udp && gsro:
+		c.CPUGoal = gsroCPUGoal
+	case udp && !rev:
+		c.Goal, c.CPUGoal = udpGoal, udpCPUGoal
+	case udp:
+		c.CPUGoal = udpCPUGoal
+	}
+	return c
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -100,11 +127,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if len(f) == 0 {
 			continue
 		}
-		goal := otherGoal
-		if slices.Equal(f, []string{"-P", "1"}) {
-			goal = receiveGoal
-		}
-		o.cases = append(o.cases, caseSpec{Name: strings.Join(f, " "), Args: f, Goal: goal})
+		o.cases = append(o.cases, newCase(f))
 	}
 	if len(o.cases) == 0 {
 		return o, errors.New("-cases names no case")
@@ -125,11 +148,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 
+	loadBefore := loadAverage()
 	results, err := compare(ctx, o, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "compare:", err)
 		return 1
 	}
+	o.load = loadBefore + " -> " + loadAverage()
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -162,6 +187,8 @@ type runResult struct {
 // side is one server's results for one case.
 type side struct {
 	MedianBitsPerSecond float64     `json:"median_bits_per_second"`
+	MinBitsPerSecond    float64     `json:"min_bits_per_second"`
+	MaxBitsPerSecond    float64     `json:"max_bits_per_second"`
 	CPUSecondsPerGB     float64     `json:"cpu_seconds_per_gb"`
 	MedianLossPercent   float64     `json:"median_loss_percent"`
 	Runs                []runResult `json:"runs"`
@@ -170,11 +197,27 @@ type side struct {
 // caseResult is the comparison for one case.
 type caseResult struct {
 	caseSpec
-	UDP      bool    `json:"udp"`
-	Stock    side    `json:"stock"`
-	Ours     side    `json:"ours"`
-	Ratio    float64 `json:"ratio"`
+	UDP   bool    `json:"udp"`
+	Stock side    `json:"stock"`
+	Ours  side    `json:"ours"`
+	Ratio float64 `json:"ratio"`
+	// MinRatio and MaxRatio are the spread of the per-round ratios.
+	MinRatio float64 `json:"min_round_ratio"`
+	MaxRatio float64 `json:"max_round_ratio"`
 	CPURatio float64 `json:"cpu_ratio"`
+}
+
+// roundRatios sets the spread of the ratios ours/stock of each round.
+func (r *caseResult) roundRatios() {
+	for i := range min(len(r.Ours.Runs), len(r.Stock.Runs)) {
+		q := iperfrun.Ratio(r.Ours.Runs[i].BitsPerSecond, r.Stock.Runs[i].BitsPerSecond)
+		if i == 0 || q < r.MinRatio {
+			r.MinRatio = q
+		}
+		if i == 0 || q > r.MaxRatio {
+			r.MaxRatio = q
+		}
+	}
 }
 
 func compare(ctx context.Context, o options, log io.Writer) ([]caseResult, error) {
@@ -240,6 +283,7 @@ func compare(ctx context.Context, o options, log io.Writer) ([]caseResult, error
 		res.Ours.summarize()
 		res.Ratio = iperfrun.Ratio(res.Ours.MedianBitsPerSecond, res.Stock.MedianBitsPerSecond)
 		res.CPURatio = iperfrun.Ratio(res.Ours.CPUSecondsPerGB, res.Stock.CPUSecondsPerGB)
+		res.roundRatios()
 		results = append(results, res)
 	}
 	return results, nil
@@ -319,18 +363,21 @@ func (s *side) summarize() {
 		bytes += r.Bytes
 	}
 	s.MedianBitsPerSecond = iperfrun.Median(bps)
+	if len(bps) > 0 {
+		s.MinBitsPerSecond, s.MaxBitsPerSecond = slices.Min(bps), slices.Max(bps)
+	}
 	s.MedianLossPercent = iperfrun.Median(loss)
 	s.CPUSecondsPerGB = iperfrun.Ratio(cpu, float64(bytes)/1e9)
 }
 
 // verdict says whether a case met its goals: throughput ratio at least the
-// case's goal, and server CPU per GB at most cpuGoal of stock's.
+// case's goal, and server CPU per GB at most the case's CPU goal.
 func verdict(r caseResult) string {
 	var missed []string
 	if r.Ratio < r.Goal {
 		missed = append(missed, "throughput")
 	}
-	if r.CPURatio > cpuGoal || r.CPURatio == 0 {
+	if r.CPURatio > r.CPUGoal || r.CPURatio == 0 {
 		missed = append(missed, "cpu")
 	}
 	if len(missed) == 0 {
@@ -341,19 +388,34 @@ func verdict(r caseResult) string {
 
 func printTable(w io.Writer, results []caseResult, o options) {
 	fmt.Fprintf(w, "\n%d rounds of -t %d per server and case, alternating; throughput = median receiver bits/s from the client's -J;\n", o.rounds, o.seconds)
-	fmt.Fprintf(w, "CPU s/GB = server utime+stime over all runs / receiver bytes over all runs.\n\n")
+	fmt.Fprintf(w, "CPU s/GB = server utime+stime over all runs / receiver bytes over all runs; (min-max) over the rounds.\n")
+	fmt.Fprintf(w, "Load average (1, 5, 15 min) at start -> end: %s\n\n", o.load)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "case\tstock Gbit/s\tours Gbit/s\tratio\tstock CPU s/GB\tours CPU s/GB\tcpu ratio\tstock loss%\tours loss%\tgoal\tresult")
+	fmt.Fprintln(tw, "case\tstock Gbit/s\tours Gbit/s\tratio (rounds)\tstock CPU s/GB\tours CPU s/GB\tcpu ratio\tstock loss%\tours loss%\tgoal\tresult")
 	for _, r := range results {
 		stockLoss, oursLoss := "-", "-"
 		if r.UDP {
 			stockLoss = strconv.FormatFloat(r.Stock.MedianLossPercent, 'f', 2, 64)
 			oursLoss = strconv.FormatFloat(r.Ours.MedianLossPercent, 'f', 2, 64)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.3f\t%.3f\t%.2f\t%s\t%s\tratio>=%.2f cpu<=%.1f\t%s\n",
-			r.Name, r.Stock.MedianBitsPerSecond/1e9, r.Ours.MedianBitsPerSecond/1e9, r.Ratio,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f (%.2f-%.2f)\t%.3f\t%.3f\t%.2f\t%s\t%s\tratio>=%.2f cpu<=%.1f\t%s\n",
+			r.Name, gbits(r.Stock), gbits(r.Ours), r.Ratio, r.MinRatio, r.MaxRatio,
 			r.Stock.CPUSecondsPerGB, r.Ours.CPUSecondsPerGB, r.CPURatio,
-			stockLoss, oursLoss, r.Goal, cpuGoal, verdict(r))
+			stockLoss, oursLoss, r.Goal, r.CPUGoal, verdict(r))
 	}
 	_ = tw.Flush()
+}
+
+// gbits formats a side's median and spread in Gbit/s.
+func gbits(s side) string {
+	return fmt.Sprintf("%.2f (%.2f-%.2f)", s.MedianBitsPerSecond/1e9, s.MinBitsPerSecond/1e9, s.MaxBitsPerSecond/1e9)
+}
+
+// loadAverage returns the first three fields of /proc/loadavg, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }

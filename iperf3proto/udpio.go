@@ -1,0 +1,304 @@
+package iperf3proto
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/packetparamedic/reflector/dataplane/udpbatch"
+)
+
+// UDP data path: datagrams move in batches (recvmmsg/sendmmsg through
+// dataplane/udpbatch) whether or not the client asked for offloads, and
+// with the kernel's UDP GSO and GRO where a probe finds them: a sender
+// hands the kernel up to udpbatch.MaxSegments datagrams per message, a
+// receiver may get that many coalesced in one buffer. Sequence numbers,
+// loss, out-of-order and jitter are still taken per datagram
+// (UDPStats.addSegments). Streams that are not plain UDP sockets (the
+// QUIC tunnel) move one datagram per call through the same loops.
+
+const (
+	// udpRecvBatch is how many buffers of udpbatch.MaxGROBuf bytes one
+	// receive call fills at most: 1 MiB per receiving stream.
+	udpRecvBatch = 16
+	// udpSendBytes bounds the datagram bytes one send call carries.
+	udpSendBytes = 512 << 10
+	// udpTestBuffers bounds the batch buffers of all of a test's UDP
+	// streams on one end: with many streams each gets less (at least one
+	// receive buffer and one GSO message), so a client's -P 128 costs no
+	// more memory than -P 16.
+	udpTestBuffers = 16 << 20
+	// udpMaxMsgs bounds the messages of one send call.
+	udpMaxMsgs = 64
+	// udpPaceSlice is how much sending time one paced round covers.
+	udpPaceSlice = time.Millisecond
+)
+
+// datagramIO moves batches of datagrams; *udpbatch.Conn implements it and
+// connIO adapts any net.Conn.
+type datagramIO interface {
+	ReadBatch(msgs []udpbatch.Message) (int, error)
+	WriteBatch(msgs []udpbatch.Message) (int, error)
+}
+
+// connIO moves one datagram per call over a net.Conn (tunnel streams).
+type connIO struct{ c net.Conn }
+
+func (c connIO) ReadBatch(msgs []udpbatch.Message) (int, error) {
+	n, err := c.c.Read(msgs[0].Buf)
+	if err != nil {
+		return 0, err
+	}
+	msgs[0].N, msgs[0].Seg = n, 0
+	return 1, nil
+}
+
+func (c connIO) WriteBatch(msgs []udpbatch.Message) (int, error) {
+	for i := range msgs {
+		if _, err := c.c.Write(msgs[i].Buf[:msgs[i].N]); err != nil {
+			return i, err
+		}
+	}
+	return len(msgs), nil
+}
+
+// batchIO returns the batched I/O of conn: udpbatch over a UDP socket, with
+// GRO and kernel receive timestamps (recv: jitter from the kernel's
+// arrival time, not from when the reader woke) or GSO (send) turned on
+// when the kernel has them, else connIO. gso reports GSO for a sender.
+func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
+	uc, ok := conn.(*net.UDPConn)
+	if !ok {
+		return connIO{conn}, false
+	}
+	bc := udpbatch.New(uc, batch)
+	if recv {
+		_ = bc.EnableGRO()
+		_ = bc.EnableRxTimestamps()
+		return bc, false
+	}
+	return bc, bc.EnableGSO() == nil
+}
+
+// udpBatchSizes returns, for a test of streams UDP streams, how many
+// receive buffers each receiver uses and how many bytes each sender hands
+// the kernel per call (see udpTestBuffers).
+func udpBatchSizes(streams int) (recvBatch, sendBytes int) {
+	per := udpTestBuffers / max(streams, 1)
+	recvBatch = max(1, min(udpRecvBatch, per/udpbatch.MaxGROBuf))
+	sendBytes = max(udpbatch.MaxGROBuf, min(udpSendBytes, per))
+	return recvBatch, sendBytes
+}
+
+// addSegments records the datagrams in b, one received buffer: a single
+// datagram, or with seg > 0 several of seg bytes back to back (the last
+// may be shorter), all arrived at at. Datagrams too short for a header
+// count as bytes only. It returns the number of datagrams.
+func (s *UDPStats) addSegments(b []byte, seg int, c64 bool, at time.Time) int {
+	n := 0
+	udpbatch.Segments(b, seg, func(d []byte) {
+		n++
+		if h, err := DecodeUDPHeader(d, c64); err == nil {
+			s.Add(h, len(d), at)
+		} else {
+			s.Bytes += uint64(len(d))
+		}
+	})
+	return n
+}
+
+// runUDPReceiver reads datagrams, batch buffers at a time, until the
+// connection is closed, updating the statistics while counting is on and
+// draining afterwards.
+func (s *stream) runUDPReceiver(c64 bool, batch int, meter *atomic.Int64) {
+	defer close(s.done)
+	rio, _ := batchIO(s.conn, batch, true)
+	msgs := make([]udpbatch.Message, batch)
+	if _, ok := rio.(connIO); ok {
+		msgs = msgs[:1]
+	}
+	slab := make([]byte, len(msgs)*udpbatch.MaxGROBuf)
+	for i := range msgs {
+		msgs[i].Buf = slab[i*udpbatch.MaxGROBuf : (i+1)*udpbatch.MaxGROBuf]
+	}
+	for {
+		n, err := rio.ReadBatch(msgs)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // an ICMP error from the peer: keep reading
+			}
+			return
+		}
+		now := time.Now()
+		s.mu.Lock()
+		if s.count {
+			var got int64
+			for _, m := range msgs[:n] {
+				if !s.budget.spend(m.N) {
+					break // the budget is spent: nothing more is counted
+				}
+				got += int64(m.N)
+				at := now
+				if m.RxTime != 0 {
+					at = time.Unix(0, m.RxTime)
+				}
+				s.stats.addSegments(m.Buf[:m.N], m.Seg, c64, at)
+			}
+			s.bytes.Add(got)
+			meter.Add(got)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// udpSender lays datagrams out for batched sends: msgs[i] carries segs
+// datagrams of blk bytes (one GSO message) or one when segs is 1, and
+// one call carries at most maxBytes.
+type udpSender struct {
+	io       datagramIO
+	blk      int
+	maxBytes int
+	segs     int
+	slab     []byte
+	msgs     []udpbatch.Message
+	c64      bool
+}
+
+// layout prepares the messages for segs datagrams per message, each slot
+// prefilled with the payload (only headers change per datagram).
+func (u *udpSender) layout(pl []byte, segs int) {
+	u.segs = segs
+	per := segs * u.blk
+	n := max(1, min(udpMaxMsgs, u.maxBytes/per))
+	if _, ok := u.io.(connIO); ok {
+		n = 1
+	}
+	u.slab = make([]byte, n*per)
+	for off := 0; off < len(u.slab); off += u.blk {
+		copy(u.slab[off:off+u.blk], pl)
+	}
+	u.msgs = make([]udpbatch.Message, n)
+	for i := range u.msgs {
+		u.msgs[i].Buf = u.slab[i*per : (i+1)*per]
+	}
+}
+
+// capacity is the most datagrams one send call carries.
+func (u *udpSender) capacity() int { return len(u.msgs) * u.segs }
+
+// send stamps k datagrams with sequence numbers after seq and the time
+// now, sends them and returns how many datagrams left.
+func (u *udpSender) send(k int, seq uint64, now time.Time) (int, error) {
+	sec, usec := uint32(now.Unix()), uint32(now.Nanosecond()/1000)
+	for d := range k {
+		h := UDPHeader{Sec: sec, Usec: usec, Seq: seq + uint64(d) + 1}
+		_, _ = h.Encode(u.slab[d*u.blk:], u.c64)
+	}
+	nm := (k + u.segs - 1) / u.segs
+	for i := range nm {
+		cnt := min(u.segs, k-i*u.segs)
+		u.msgs[i].N = cnt * u.blk
+		u.msgs[i].Seg = 0
+		if cnt > 1 {
+			u.msgs[i].Seg = u.blk
+		}
+	}
+	sent, err := u.io.WriteBatch(u.msgs[:nm])
+	return min(sent*u.segs, k), err
+}
+
+// gsoSegments is how many datagrams of blk bytes one GSO message carries.
+func gsoSegments(blk int) int {
+	return max(1, min(udpbatch.MaxSegments, udpbatch.MaxGSOBytes/blk))
+}
+
+// paceRound is how many datagrams one round sends: all that fit a call
+// when unpaced, else about udpPaceSlice worth at bps (at least one).
+func paceRound(bps uint64, blk, capacity int) int {
+	if bps == 0 {
+		return capacity
+	}
+	per := int(float64(bps) / 8 / float64(blk) * udpPaceSlice.Seconds())
+	return max(1, min(capacity, per))
+}
+
+// runUDPSender sends datagrams with the iperf3 header, up to sendBytes
+// per call, until stop, an unrecoverable error or the budget.
+func (s *stream) runUDPSender(p *payload, blk, sendBytes int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
+	defer close(s.done)
+	wio, gso := batchIO(s.conn, udpMaxMsgs, false)
+	u := &udpSender{io: wio, blk: blk, maxBytes: sendBytes, c64: c64}
+	segs := 1
+	if gso {
+		segs = gsoSegments(blk)
+	}
+	u.layout(p.bytes(), segs)
+	pc := pacer{bps: bps, start: time.Now()}
+	var seq uint64
+	softErrors := 0
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		k := paceRound(bps, blk, u.capacity())
+		allowed := lim.take(k * blk)
+		if allowed == 0 {
+			return
+		}
+		want := (allowed + blk - 1) / blk
+		if k = s.budget.takeDatagrams(want, blk); k == 0 {
+			return
+		}
+		if k < want {
+			lim.giveBack(int64(allowed - k*blk))
+		}
+		if !pc.wait(k*blk, stop) {
+			return
+		}
+		sent, err := u.send(k, seq, time.Now())
+		s.budget.give((k - sent) * blk)
+		seq += uint64(sent)
+		if sent > 0 {
+			softErrors = 0
+			s.packets.Store(int64(seq))
+			s.bytes.Add(int64(sent * blk))
+			meter.Add(int64(sent * blk))
+		}
+		if err == nil {
+			continue
+		}
+		lim.giveBack(int64((k - sent) * blk))
+		pc.sent -= uint64((k - sent) * blk)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return
+		}
+		if u.segs > 1 && isGSOError(err) {
+			// The path cannot segment: send datagram by datagram.
+			if bc, ok := wio.(*udpbatch.Conn); ok {
+				bc.DisableGSO()
+			}
+			u.layout(p.bytes(), 1)
+			continue
+		}
+		// The peer's socket may not be ready yet (ICMP unreachable) or
+		// the send buffer is full: retry a bounded number of times. A
+		// datagram too large for the path never fits: give up at once.
+		softErrors++
+		if softErrors > 1000 || errors.Is(err, syscall.EMSGSIZE) {
+			s.sendErr = fmt.Errorf("udp stream %d: send %d-byte datagrams: %w", s.id, blk, err)
+			return
+		}
+	}
+}
+
+// isGSOError reports a send error that means the kernel or device cannot
+// segment (wireguard-go switches GSO off on the same).
+func isGSOError(err error) bool {
+	return errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EINVAL) || errors.Is(err, errors.ErrUnsupported)
+}
