@@ -90,7 +90,7 @@ type iperf3Out struct {
 			BlkSize  int64  `json:"blksize"`
 		} `json:"test_start"`
 	} `json:"start"`
-	End   struct {
+	End struct {
 		SumSent            iperf3Sum `json:"sum_sent"`
 		SumReceived        iperf3Sum `json:"sum_received"`
 		Sum                iperf3Sum `json:"sum"`
