@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/packetparamedic/reflector/client"
-	"github.com/packetparamedic/reflector/iperf3proto"
 	"github.com/packetparamedic/reflector/internal/testutil"
+	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
 // pipeDialer hands the far end of every TCP stream to the test, in dial

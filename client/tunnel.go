@@ -187,6 +187,18 @@ func (t *Tunnel) MaxUDPPayload() int {
 	return tunnel.MinFlowPayload
 }
 
+// DatagramStats returns the datagram counters of the tunnel's QUIC
+// session on this end (zero before the session exists).
+func (t *Tunnel) DatagramStats() tunnel.SessionStats {
+	t.mu.Lock()
+	q := t.quic
+	t.mu.Unlock()
+	if q == nil {
+		return tunnel.SessionStats{}
+	}
+	return q.Stats()
+}
+
 // Close closes the QUIC session, if any. TCP streams are closed by their
 // users.
 func (t *Tunnel) Close() error {

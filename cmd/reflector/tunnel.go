@@ -18,7 +18,6 @@ import (
 	"github.com/packetparamedic/reflector/client"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
-	"github.com/packetparamedic/reflector/dataplane/tunnel"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
@@ -183,6 +182,11 @@ func runTunnel(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "Session %s ended: %s (%s), reflector sent %d and received %d bytes in %.1f s\n",
 		g.TestID, res.State, res.EndReason, res.BytesSent, res.BytesReceived, res.DurationSec)
+	if t, ok := dialer.(*client.Tunnel); ok && o.udp {
+		st := t.DatagramStats()
+		fmt.Fprintf(e.stdout, "Tunnel datagrams on this end: %d sent and %d received in fragments, %d incomplete, %d dropped inside this end (%d on full queues, %d by quic-go's receive queue)\n",
+			st.Fragmented, st.Reassembled, st.Incomplete, st.Dropped+st.QueueDropped, st.Dropped, st.QueueDropped)
+	}
 	if st := fw.Stats(); st.UDPWriteErrors > 0 {
 		fmt.Fprintf(e.stderr, "%d UDP datagrams could not be forwarded\n", st.UDPWriteErrors)
 	}
@@ -253,7 +257,7 @@ func (o *tunnelOptions) iperf3Command(local *net.TCPAddr, g *link.SessionGrant) 
 		args = append(args, "--bidir")
 	}
 	if o.udp {
-		args = append(args, "-u", "-l", strconv.Itoa(tunnel.MinFlowPayload))
+		args = append(args, "-u")
 	}
 	if o.bitrate > 0 {
 		args = append(args, "-b", strconv.FormatUint(o.bitrate, 10))

@@ -180,6 +180,7 @@ func TestTunnelStockIperf3(t *testing.T) {
 			}
 			if o.udp() {
 				checkUDPAccounting(t, &o)
+				t.Logf("%s", regexp.MustCompile(`(?m)^Tunnel datagrams.*$`).FindString(stdout.String()))
 			}
 			ev := auditCompleted(t, h, testID)
 			if ev.Reason != session.EndDone || ev.Details["mode"] != link.ModeTunneled {

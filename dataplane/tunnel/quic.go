@@ -81,6 +81,7 @@ func serverQUICConfig() *quic.Config {
 		MaxIncomingStreams:    1,
 		MaxIncomingUniStreams: -1,
 		EnableDatagrams:       true,
+		Tracer:                dropTracer,
 	}
 }
 
@@ -92,6 +93,7 @@ func clientQUICConfig() *quic.Config {
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
 		EnableDatagrams:       true,
+		Tracer:                dropTracer,
 	}
 }
 
