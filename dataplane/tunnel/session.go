@@ -349,6 +349,7 @@ type FlowConn struct {
 	msg  uint16 // next fragmented datagram's number
 
 	dropped atomic.Uint64
+	handler atomic.Pointer[func([]byte)]
 }
 
 var _ net.Conn = (*FlowConn)(nil)
@@ -366,12 +367,41 @@ func (f *FlowConn) Dropped() uint64 { return f.dropped.Load() }
 func (f *FlowConn) isClosed() bool { return isClosed(f.closed) }
 
 func (f *FlowConn) deliver(p []byte) {
+	if h := f.handler.Load(); h != nil {
+		(*h)(p)
+		return
+	}
 	select {
 	case f.q <- p:
 	default:
 		f.dropped.Add(1)
 		f.s.dropped.Add(1)
 	}
+	// A handler set meanwhile may have drained the queue already.
+	if h := f.handler.Load(); h != nil {
+		for {
+			select {
+			case q := <-f.q:
+				(*h)(q)
+			default:
+				return
+			}
+		}
+	}
+}
+
+// Handle has the session's demultiplexer pass each datagram of the flow
+// to h in its own goroutine, instead of queueing it for Read: one
+// goroutine hand-off less per datagram, for a handler that answers at once
+// (the echo). h owns p and must be safe for concurrent use (the caller
+// of Handle hands it what was queued before). A slow h holds up every
+// flow of the session. nil restores queueing.
+func (f *FlowConn) Handle(h func(p []byte)) {
+	if h == nil {
+		f.handler.Store(nil)
+		return
+	}
+	f.handler.Store(&h)
 }
 
 // Read implements net.Conn.
