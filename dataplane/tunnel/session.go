@@ -58,7 +58,8 @@ type SessionStats struct {
 	// Dropped counts datagrams dropped on full flow or accept queues.
 	Dropped uint64
 	// QueueDropped counts QUIC datagrams quic-go discarded on its full
-	// receive queue (128 entries) before the session could read them.
+	// receive queue (128 entries) before the session could read them;
+	// counted on sessions of a QUICListener only (0 on DialQUIC's).
 	QueueDropped uint64
 	// Incomplete counts fragmented datagrams given up with pieces missing
 	// (lost on the path or in QueueDropped, or pushed out of the bounded
