@@ -172,8 +172,10 @@ func (t *Tunnel) DialUDP(ctx context.Context) (net.Conn, error) {
 	return f, nil
 }
 
-// MaxUDPPayload is the largest UDP payload (iperf3 -l) a flow carries now,
-// tunnel.MinFlowPayload before the QUIC session exists.
+// MaxUDPPayload is the largest UDP payload (iperf3 -l) a flow carries in
+// one QUIC datagram now, without fragments (larger ones, up to
+// tunnel.MaxDatagram, are split), tunnel.MinFlowPayload before the QUIC
+// session exists.
 func (t *Tunnel) MaxUDPPayload() int {
 	t.mu.Lock()
 	q := t.quic
