@@ -33,7 +33,9 @@ func (d *dropCounter) load() uint64 {
 }
 
 // dropCounters maps an address pair (tupleKey) to its connection's
-// counter, from the connection's start to its end.
+// counter, from the connection's start to its end. Two connections on one
+// address pair at once (not something our clients do) would share the
+// later one's counter.
 var dropCounters sync.Map
 
 // dropTracer implements quic.Config.Tracer.
