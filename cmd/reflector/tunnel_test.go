@@ -148,6 +148,8 @@ func TestTunnelStockIperf3(t *testing.T) {
 		{"tcp-bidir", []string{"--bidir"}, func(o *iperf3Out) int64 { return o.End.SumReceived.Bytes + o.End.SumSentBidirRev.Bytes }},
 		{"udp", []string{"-u", "-b", "100M"}, func(o *iperf3Out) int64 { return o.End.SumReceived.Bytes }},
 		{"udp-R", []string{"-u", "-R", "-b", "100M"}, func(o *iperf3Out) int64 { return o.End.SumSent.Bytes }},
+		// Two streams' fragments interleave in one QUIC session.
+		{"udp-P2", []string{"-u", "-P", "2", "-b", "50M"}, func(o *iperf3Out) int64 { return o.End.SumReceived.Bytes }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
