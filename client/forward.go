@@ -74,9 +74,8 @@ func (t *Tunnel) Forward(ctx context.Context, ln net.Listener, uc *net.UDPConn) 
 }
 
 // Serve forwards until ctx ends, then closes ln and uc (nil for a TCP test)
-// and every forwarded connection, and returns once all have ended. It
-// also stops accepting when ln fails, and returns once the connections
-// already forwarded have ended.
+// and every forwarded connection, and returns once all have ended. When
+// ln fails (or is closed by someone else) forwarding ends the same way.
 //
 // TCP connections reach the reflector in the order they were accepted:
 // the iperf3 server assigns stream roles by accept order (with --bidir the
@@ -105,6 +104,7 @@ func (f *Forwarder) Serve(ctx context.Context, ln net.Listener, uc *net.UDPConn)
 		c, err := ln.Accept()
 		if err != nil {
 			close(queue)
+			cancel()
 			return
 		}
 		lc := &localConn{c: c, spoke: make(chan struct{})}

@@ -216,3 +216,28 @@ func TestForwardUDP(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestForwardEndsWhenListenerCloses: a listener closed by someone else
+// ends the forwarding as the end of ctx does, UDP socket included.
+func TestForwardEndsWhenListenerCloses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &client.Forwarder{Dialer: &pipeDialer{tcp: make(chan net.Conn)}}
+	done := make(chan struct{})
+	go func() { defer close(done); f.Serve(context.Background(), ln, uc) }()
+	_ = ln.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve still running after its listener closed")
+	}
+	if _, err := uc.WriteToUDP([]byte("x"), uc.LocalAddr().(*net.UDPAddr)); err == nil {
+		t.Fatal("UDP socket still open after Serve returned")
+	}
+}
