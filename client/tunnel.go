@@ -172,8 +172,10 @@ func (t *Tunnel) DialUDP(ctx context.Context) (net.Conn, error) {
 	return f, nil
 }
 
-// MaxUDPPayload is the largest UDP payload (iperf3 -l) a flow carries now,
-// tunnel.MinFlowPayload before the QUIC session exists.
+// MaxUDPPayload is the largest UDP payload (iperf3 -l) a flow carries in
+// one QUIC datagram now, without fragments (larger ones, up to
+// tunnel.MaxDatagram, are split), tunnel.MinFlowPayload before the QUIC
+// session exists.
 func (t *Tunnel) MaxUDPPayload() int {
 	t.mu.Lock()
 	q := t.quic
@@ -185,6 +187,18 @@ func (t *Tunnel) MaxUDPPayload() int {
 		return n
 	}
 	return tunnel.MinFlowPayload
+}
+
+// DatagramStats returns the datagram counters of the tunnel's QUIC
+// session on this end (zero before the session exists).
+func (t *Tunnel) DatagramStats() tunnel.SessionStats {
+	t.mu.Lock()
+	q := t.quic
+	t.mu.Unlock()
+	if q == nil {
+		return tunnel.SessionStats{}
+	}
+	return q.Stats()
 }
 
 // Close closes the QUIC session, if any. TCP streams are closed by their

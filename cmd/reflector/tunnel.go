@@ -10,8 +10,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,20 +18,23 @@ import (
 	"github.com/packetparamedic/reflector/client"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
-	"github.com/packetparamedic/reflector/dataplane/tunnel"
+	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
 // tunnelUsage is the synopsis of `reflector tunnel`.
 const tunnelUsage = `Usage:
   reflector tunnel --peer HOST:PORT [--identity FILE] [--expect-id ID] [--listen 127.0.0.1:5201] [-t 10] [-P 4] [-R] [--bidir] [-u] [-b RATE]
 
-Asks the reflector for a throughput session with these parameters and,
-when it is granted in tunneled mode, listens on --listen (TCP, and UDP
-with -u) so that a stock iperf3 client runs the test through the
-reflector's control port: every local TCP connection is carried by a
-fresh mutual-TLS connection to the control port, every local UDP stream
-by datagrams of one QUIC session on the same port number over UDP. It
-prints the iperf3 command to run and exits when the session ends.
+Asks the reflector for a throughput session with these parameters and
+listens on --listen (TCP, and UDP with -u) so that a stock iperf3 client
+runs the test through the reflector's control port: every local TCP
+connection is carried by a fresh mutual-TLS connection to the control
+port, every local UDP stream by datagrams of one QUIC session on the same
+port number over UDP (datagrams larger than one QUIC datagram are split
+and reassembled, so iperf3's default -l works). When the reflector grants
+direct mode instead, the local streams are forwarded to the granted port.
+A local connection that sends nothing is never forwarded. It prints the
+iperf3 command to run and exits when the session ends.
 `
 
 // tunnelPoll is how often the session's state is checked.
@@ -156,48 +157,24 @@ func runTunnel(e *env, args []string) error {
 		}
 		return err
 	}
-	if g.Mode != link.ModeTunneled {
-		_ = c.CloseSession(g.TestID)
-		host, _, _ := net.SplitHostPort(o.peer)
-		return fmt.Errorf("tunnel: the reflector granted %s mode: run iperf3 -c %s -p %d directly (or use `reflector test`)", g.Mode, host, g.Port)
-	}
-	t, err := c.Tunnel(g)
+	dialer, closeDialer, err := o.dialer(ctx, c, g)
 	if err != nil {
 		_ = c.CloseSession(g.TestID)
 		return err
 	}
-	defer t.Close()
-	blockLen := 0
-	if o.udp {
-		// Attach the QUIC session now: a blocked UDP port is reported here.
-		if _, err := t.Session(ctx); err != nil {
-			_ = c.CloseSession(g.TestID)
-			return err
-		}
-		blockLen = t.MaxUDPPayload()
-	}
+	defer closeDialer()
 
-	fmt.Fprintf(e.stdout, "Tunneled test %s through %s (%s), %d s, %d stream(s); listening on %s\n",
-		g.TestID, o.peer, c.ServerID(), g.DurationSec, g.Streams, tln.Addr())
-	fmt.Fprintf(e.stdout, "Run: %s\n", o.iperf3Command(tln.Addr().(*net.TCPAddr), g, blockLen))
+	fmt.Fprintf(e.stdout, "%s test %s through %s (%s), %d s, %d stream(s); listening on %s\n",
+		modeTitle(g.Mode), g.TestID, o.peer, c.ServerID(), g.DurationSec, g.Streams, tln.Addr())
+	fmt.Fprintf(e.stdout, "Run: %s\n", o.iperf3Command(tln.Addr().(*net.TCPAddr), g))
 
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	fw := &forwarder{e: e, t: t}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); fw.serveTCP(sctx, tln) }()
-	if uconn != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); fw.serveUDP(sctx, uconn) }()
-	}
+	fw := &client.Forwarder{Dialer: dialer, OnError: func(err error) { fmt.Fprintf(e.stderr, "tunnel: %v\n", err) }}
+	fctx, fcancel := context.WithCancel(ctx)
+	fwDone := make(chan struct{})
+	go func() { defer close(fwDone); fw.Serve(fctx, tln, uconn) }()
 	res, werr := waitSession(ctx, c, g.TestID)
-	scancel()
-	_ = tln.Close()
-	if uconn != nil {
-		_ = uconn.Close()
-	}
-	wg.Wait()
+	fcancel()
+	<-fwDone
 	if werr != nil {
 		// Interrupted (or the control connection failed): end the session.
 		_ = c.CloseSession(g.TestID)
@@ -205,13 +182,52 @@ func runTunnel(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "Session %s ended: %s (%s), reflector sent %d and received %d bytes in %.1f s\n",
 		g.TestID, res.State, res.EndReason, res.BytesSent, res.BytesReceived, res.DurationSec)
-	if n := fw.tooLarge.Load(); n > 0 {
-		fmt.Fprintf(e.stderr, "%d UDP datagrams were too large for the tunnel (use iperf3 -l %d)\n", n, blockLen)
+	if t, ok := dialer.(*client.Tunnel); ok && o.udp {
+		st := t.DatagramStats()
+		fmt.Fprintf(e.stdout, "Tunnel datagrams on this end: %d sent and %d received in fragments, %d incomplete, %d dropped on full queues\n",
+			st.Fragmented, st.Reassembled, st.Incomplete, st.Dropped)
+	}
+	if st := fw.Stats(); st.UDPWriteErrors > 0 {
+		fmt.Fprintf(e.stderr, "%d UDP datagrams could not be forwarded\n", st.UDPWriteErrors)
 	}
 	if res.State != link.StateCompleted {
 		return fmt.Errorf("tunnel: the test did not complete: %s", res.EndReason)
 	}
 	return nil
+}
+
+// modeTitle names the grant's mode in the banner.
+func modeTitle(mode string) string {
+	if mode == link.ModeTunneled {
+		return "Tunneled"
+	}
+	return "Direct (forwarded)"
+}
+
+// dialer returns what carries the local streams for grant g: the tunnel
+// of a tunneled grant (its QUIC session attached at once for UDP, so a
+// blocked UDP port is reported before iperf3 runs), or, when the
+// reflector granted direct mode, plain connections to the granted port on
+// the peer's host. The returned function releases it.
+func (o *tunnelOptions) dialer(ctx context.Context, c *client.Client, g *link.SessionGrant) (iperf3proto.Dialer, func(), error) {
+	if g.Mode == link.ModeDirectEphemeral {
+		if g.Port <= 0 || g.Port > 65535 {
+			return nil, nil, fmt.Errorf("tunnel: direct grant with invalid port %d", g.Port)
+		}
+		host, _, _ := net.SplitHostPort(o.peer)
+		return &iperf3proto.NetDialer{Address: net.JoinHostPort(host, strconv.Itoa(g.Port))}, func() {}, nil
+	}
+	t, err := c.Tunnel(g)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.udp {
+		if _, err := t.Session(ctx); err != nil {
+			_ = t.Close()
+			return nil, nil, err
+		}
+	}
+	return t, func() { _ = t.Close() }, nil
 }
 
 // request is the session_request of o.
@@ -229,7 +245,7 @@ func (o *tunnelOptions) request() link.SessionRequest {
 }
 
 // iperf3Command is the stock client's command line for the granted test.
-func (o *tunnelOptions) iperf3Command(local *net.TCPAddr, g *link.SessionGrant, blockLen int) string {
+func (o *tunnelOptions) iperf3Command(local *net.TCPAddr, g *link.SessionGrant) string {
 	args := []string{"iperf3", "-c", local.IP.String(), "-p", strconv.Itoa(local.Port), "-t", strconv.Itoa(g.DurationSec)}
 	if g.Streams > 1 {
 		args = append(args, "-P", strconv.Itoa(g.Streams))
@@ -241,7 +257,7 @@ func (o *tunnelOptions) iperf3Command(local *net.TCPAddr, g *link.SessionGrant, 
 		args = append(args, "--bidir")
 	}
 	if o.udp {
-		args = append(args, "-u", "-l", strconv.Itoa(blockLen))
+		args = append(args, "-u")
 	}
 	if o.bitrate > 0 {
 		args = append(args, "-b", strconv.FormatUint(o.bitrate, 10))
@@ -265,94 +281,6 @@ func waitSession(ctx context.Context, c *client.Client, testID string) (*link.Te
 		}
 		if r.State != link.StateRunning {
 			return r, nil
-		}
-	}
-}
-
-// forwarder carries local iperf3 connections and datagrams through t.
-type forwarder struct {
-	e        *env
-	t        *client.Tunnel
-	tooLarge atomic.Uint64
-}
-
-// serveTCP carries each accepted local connection through a fresh attach
-// until ln closes. Attaches are made one after another, in the order the
-// local connections arrived: the iperf3 server assigns stream roles by
-// accept order (with --bidir the first N streams are its receivers, the
-// next N its senders), so concurrent attaches could swap them.
-func (f *forwarder) serveTCP(ctx context.Context, ln net.Listener) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		local, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		remote, err := f.t.DialTCP(ctx)
-		if err != nil {
-			fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
-			_ = local.Close()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _, _ = tunnel.Pipe(ctx, local, remote)
-		}()
-	}
-}
-
-// udpMaxFlows bounds the local UDP sources carried (iperf3's 128 streams
-// and one spare).
-const udpMaxFlows = tunnel.MaxFlows
-
-// serveUDP carries the datagrams of each local UDP source through a flow
-// of the tunnel's QUIC session, and the flow's datagrams back to the
-// source, until uc closes.
-func (f *forwarder) serveUDP(ctx context.Context, uc *net.UDPConn) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	flows := map[netip.AddrPort]net.Conn{}
-	defer func() {
-		for _, fc := range flows {
-			_ = fc.Close()
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	for {
-		n, src, err := uc.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return
-		}
-		fc := flows[src]
-		if fc == nil {
-			if len(flows) >= udpMaxFlows {
-				continue
-			}
-			if fc, err = f.t.DialUDP(ctx); err != nil {
-				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
-				return
-			}
-			flows[src] = fc
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				back := make([]byte, 64<<10)
-				for {
-					m, err := fc.Read(back)
-					if err != nil {
-						return
-					}
-					_, _ = uc.WriteToUDPAddrPort(back[:m], src)
-				}
-			}()
-		}
-		if _, err := fc.Write(buf[:n]); err != nil {
-			var tl *tunnel.DatagramTooLargeError
-			if errors.As(err, &tl) && f.tooLarge.Add(1) == 1 {
-				fmt.Fprintf(f.e.stderr, "tunnel: %v\n", err)
-			}
 		}
 	}
 }

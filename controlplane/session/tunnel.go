@@ -106,10 +106,13 @@ func (m *Manager) openTunneled(s *session, allowed netip.Addr) {
 // flowUDP is a FlowAcceptor as the engine's udpAcceptor.
 type flowUDP struct{ *tunnel.FlowAcceptor }
 
-// Dropped counts the datagrams dropped on full flow queues.
+// Dropped counts the datagrams dropped inside the reflector: on full flow
+// queues, and by quic-go's full receive queue (there in QUIC datagrams,
+// one per fragment of a large UDP datagram). Path loss is not in it.
 func (f flowUDP) Dropped() uint64 {
 	if q := f.Session(); q != nil {
-		return q.Stats().Dropped
+		st := q.Stats()
+		return st.Dropped + st.QueueDropped
 	}
 	return 0
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,7 +74,7 @@ type Stats struct {
 type Engine struct {
 	cfg     Config
 	allowed netip.Addr // unmapped, zoneless; invalid = anyone
-	conns   []*udpbatch.Conn
+	conns   []*udpbatch.Detached
 	bucket  *ratelimit.Bucket
 	now     func() time.Time
 
@@ -129,7 +130,7 @@ func Listen(ctx context.Context, addr string, cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-func listenOne(ctx context.Context, addr string, reuse bool) (*udpbatch.Conn, error) {
+func listenOne(ctx context.Context, addr string, reuse bool) (*udpbatch.Detached, error) {
 	var lc net.ListenConfig
 	if reuse {
 		lc.Control = reusePortControl
@@ -151,7 +152,14 @@ func listenOne(ctx context.Context, addr string, reuse bool) (*udpbatch.Conn, er
 		uc.Close()
 		return nil, fmt.Errorf("echo listen %s: set send buffer: %w", addr, err)
 	}
-	return udpbatch.New(uc, udpbatch.DefaultBatch), nil
+	// Out of the netpoller: each reader sleeps in the kernel on a thread
+	// of its own, and a datagram wakes it directly.
+	d, err := udpbatch.Detach(uc, udpbatch.DefaultBatch)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("echo listen %s: %w", addr, err)
+	}
+	return d, nil
 }
 
 // Addr returns the bound local address.
@@ -183,8 +191,11 @@ func (e *Engine) Serve(ctx context.Context) error {
 	return first
 }
 
-// serveConn is one reader: read a batch, filter, stamp, write it back.
-func (e *Engine) serveConn(c *udpbatch.Conn) error {
+// serveConn is one reader: read a batch, filter, stamp, write it back. It
+// keeps its thread, which sleeps in the kernel until a datagram arrives.
+func (e *Engine) serveConn(c *udpbatch.Detached) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	b := c.Get()
 	defer c.Put(b)
 	msgs := b.Msgs
@@ -209,7 +220,7 @@ func (e *Engine) serveConn(c *udpbatch.Conn) error {
 
 // echoBatch filters msgs in place (kept messages move to the front, so
 // every slot keeps its own buffer), applies the clamp and writes the rest.
-func (e *Engine) echoBatch(c *udpbatch.Conn, msgs []udpbatch.Message) error {
+func (e *Engine) echoBatch(c *udpbatch.Detached, msgs []udpbatch.Message) error {
 	var foreign, trunc uint64
 	keep := 0
 	for i := range msgs {

@@ -33,7 +33,9 @@
 // On the appliance: each TCP connection of the test is
 // tls.Client(NewBatchConn(raw)) plus the attach, then BatchTLS; UDP
 // streams are OpenFlow() on one DialQUIC session after Attach. A UDP
-// payload must fit QUICSession.MaxFlowPayload (MinFlowPayload on any
-// path, up to about 1,400 after path MTU discovery): stock iperf3 defaults
-// to larger UDP blocks, so the tunnel must be run with iperf3 -l.
+// datagram that does not fit one QUIC datagram (stock iperf3's default
+// length is 32 KiB on loopback) is split into fragments and reassembled,
+// up to MaxDatagram; a datagram with a piece missing is lost, as on a
+// path. Losses inside each end (full queues, quic-go's receive queue,
+// reassembly given up) are counted in SessionStats apart from path loss.
 package tunnel

@@ -71,8 +71,13 @@ func (e *FlowEcho) allow(now time.Time) bool {
 }
 
 // Serve echoes until ctx is done or conn is closed, then returns nil; any
-// other read error ends it with that error. It does not close conn.
+// other read error ends it with that error. It does not close conn. On a
+// *FlowConn it echoes in the session's demultiplexer (FlowConn.Handle),
+// after the datagrams already queued.
 func (e *FlowEcho) Serve(ctx context.Context) error {
+	if fc, ok := e.conn.(*FlowConn); ok {
+		return e.serveInline(ctx, fc)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = e.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	buf := make([]byte, echoBufSize)
@@ -84,35 +89,59 @@ func (e *FlowEcho) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("flow echo read: %w", err)
 		}
-		e.received.Add(1)
 		if n == len(buf) {
+			e.received.Add(1)
 			e.trunc.Add(1)
 			continue
 		}
-		now := time.Now()
-		if !e.allow(now) {
-			e.rate.Add(1)
-			continue
-		}
-		b := buf[:n]
-		if e.cfg.Timestamped {
-			if h, err := echo.ParseHeader(b); err == nil {
-				h.Flags |= echo.FlagStamped
-				h.ServerRx = now.UnixNano()
-				h.ServerTx = time.Now().UnixNano()
-				_ = h.Encode(b)
-			}
-		}
-		if _, err := e.conn.Write(b); err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			e.sendErr.Add(1)
-			continue
-		}
-		e.echoed.Add(1)
-		e.bytes.Add(uint64(n))
+		e.echo(buf[:n])
 	}
+}
+
+// serveInline echoes fc's datagrams as the demultiplexer delivers them.
+func (e *FlowEcho) serveInline(ctx context.Context, fc *FlowConn) error {
+	fc.Handle(e.echo)
+	defer fc.Handle(nil)
+	for drained := false; !drained; {
+		select {
+		case p := <-fc.q:
+			e.echo(p)
+		default:
+			drained = true
+		}
+	}
+	select {
+	case <-ctx.Done():
+	case <-fc.closed:
+	case <-fc.s.demuxEnd:
+	}
+	return nil
+}
+
+// echo answers one datagram b (stamped in place).
+func (e *FlowEcho) echo(b []byte) {
+	e.received.Add(1)
+	now := time.Now()
+	if !e.allow(now) {
+		e.rate.Add(1)
+		return
+	}
+	if e.cfg.Timestamped {
+		if h, err := echo.ParseHeader(b); err == nil {
+			h.Flags |= echo.FlagStamped
+			h.ServerRx = now.UnixNano()
+			h.ServerTx = time.Now().UnixNano()
+			_ = h.Encode(b)
+		}
+	}
+	if _, err := e.conn.Write(b); err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			e.sendErr.Add(1)
+		}
+		return
+	}
+	e.echoed.Add(1)
+	e.bytes.Add(uint64(len(b)))
 }
 
 // Stats returns the counters, with the meaning echo.Engine gives them

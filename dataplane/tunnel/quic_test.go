@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -234,6 +235,9 @@ func TestQUICReadDeadlineAndClose(t *testing.T) {
 
 func TestQUICDatagramSize(t *testing.T) {
 	cli, srv := attached(t)
+	if srv.drops == nil || cli.drops != nil {
+		t.Fatalf("quic-go's receive queue drops: server counter %v, client %v; want the server's only", srv.drops, cli.drops)
+	}
 	max0 := cli.MaxFlowPayload()
 	if max0 < MinFlowPayload {
 		t.Fatalf("MaxFlowPayload %d below MinFlowPayload", max0)
@@ -246,36 +250,56 @@ func TestQUICDatagramSize(t *testing.T) {
 		return maxNow > max0
 	})
 	t.Logf("QUIC flow payload on loopback: %d bytes at first, %d as path MTU discovery proceeds (it ends near 1403)", max0, maxNow)
-	// The limit may still grow between reading it and writing (discovery
-	// goes on): retry until an oversized write is refused with the limit.
+	// Datagrams that fit one QUIC datagram go whole, larger ones (up to
+	// iperf3's largest -l) in fragments: all arrive bit-identical, in
+	// order, on their flow; a larger one is refused.
 	f := cli.Flow(3)
-	for tries := 0; ; tries++ {
-		maxNow = cli.MaxFlowPayload()
-		_, err := f.Write(make([]byte, maxNow+1))
-		var tl *DatagramTooLargeError
-		if errors.As(err, &tl) && tl.Size == maxNow+1 && tl.Max == maxNow && strings.Contains(err.Error(), fmt.Sprintf("-l %d", maxNow)) {
-			break
+	sizes := []int{0, 1, maxNow, maxNow + 1, 32 << 10, MaxDatagram}
+	var sent [][]byte
+	for i, n := range sizes {
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(i*7 + j*13)
 		}
-		if err != nil || tries == 20 {
-			t.Fatalf("oversized write of %d bytes: %v", maxNow+1, err)
+		if _, err := f.Write(p); err != nil {
+			t.Fatalf("write of %d bytes: %v", n, err)
 		}
+		sent = append(sent, p)
 	}
-	if _, err := f.Write(make([]byte, maxNow)); err != nil {
-		t.Fatalf("write of exactly MaxFlowPayload: %v", err)
+	var tl *DatagramTooLargeError
+	if _, err := f.Write(make([]byte, MaxDatagram+1)); !errors.As(err, &tl) || tl.Size != MaxDatagram+1 || !strings.Contains(err.Error(), fmt.Sprintf("-l %d", tl.Max)) {
+		t.Fatalf("write of %d bytes: %v, want a DatagramTooLargeError", MaxDatagram+1, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for {
+	var sf net.Conn
+	var got [][]byte
+	for sf == nil {
 		c, first, err := srv.AcceptUDP(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if c.(*FlowConn).ID() == 3 {
-			if len(first) != maxNow {
-				t.Fatalf("received %d bytes, sent %d", len(first), maxNow)
-			}
-			return
+			sf, got = c, append(got, first)
 		}
+	}
+	_ = sf.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64<<10)
+	for len(got) < len(sent) {
+		n, err := sf.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d datagrams: %v (server stats %+v)", len(got), err, srv.Stats())
+		}
+		got = append(got, bytes.Clone(buf[:n]))
+	}
+	for i := range sent {
+		if !bytes.Equal(got[i], sent[i]) {
+			t.Fatalf("datagram %d: received %d bytes, sent %d (or different bytes)", i, len(got[i]), len(sent[i]))
+		}
+	}
+	// maxNow+1 may go whole: path MTU discovery goes on meanwhile.
+	if cs, ss := cli.Stats(), srv.Stats(); cs.Fragmented < 2 || cs.Fragmented > 3 || ss.Reassembled != cs.Fragmented || ss.Incomplete != 0 || ss.Malformed != 0 {
+		t.Fatalf("client stats %+v, server stats %+v: want the 2 or 3 datagrams fragmented reassembled", cs, ss)
 	}
 }
 
@@ -325,6 +349,39 @@ func TestQUICQueueBoundDropsAndCounts(t *testing.T) {
 			t.Fatalf("queue out of order: %d after %d", seq, prev)
 		}
 		prev = seq
+	}
+}
+
+// TestQUICReceiveQueueDropsCounted: datagrams quic-go discards on its
+// full receive queue (here while the session's reader is held up) are
+// counted as QueueDropped, and every datagram sent is delivered or
+// counted (loopback loses nothing on the path at this size).
+func TestQUICReceiveQueueDropsCounted(t *testing.T) {
+	cli, srv := attached(t)
+	sf, cf := srv.Flow(2), cli.Flow(2)
+	const sent = 400 // over quic-go's 128 and below FlowQueueLen
+	srv.mu.Lock()    // the demultiplexer stops in route
+	for i := range sent {
+		if _, err := cf.Write([]byte{byte(i >> 8), byte(i)}); err != nil {
+			srv.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "quic-go discards beyond its queue", func() bool {
+		return srv.Stats().QueueDropped > 0
+	})
+	srv.mu.Unlock()
+	var got uint64
+	testutil.Eventually(t, 10*time.Second, "every datagram delivered or counted", func() bool {
+		for len(sf.q) > 0 {
+			<-sf.q
+			got++
+		}
+		st := srv.Stats()
+		return got+st.Dropped+st.QueueDropped >= sent
+	})
+	if st := srv.Stats(); got+st.Dropped+st.QueueDropped != sent {
+		t.Fatalf("delivered %d, stats %+v: want %d in all", got, st, sent)
 	}
 }
 

@@ -26,12 +26,11 @@ const (
 	MaxFlows = 129
 	// acceptQueueLen bounds the new flows waiting for AcceptUDP.
 	acceptQueueLen = 32
-	// flowHeaderLen is the flow id byte in front of every datagram.
-	flowHeaderLen = 1
-	// MinFlowPayload is the flow payload that fits a QUIC datagram on any
-	// path QUIC runs over (1,200-byte packets, quic-go v0.65.0's overhead
-	// estimate and the flow id byte): a safe iperf3 -l for tunneled UDP.
-	MinFlowPayload = 1162
+	// MinFlowPayload is the flow payload that fits one QUIC datagram on
+	// any path QUIC runs over (1,200-byte packets, quic-go v0.65.0's
+	// overhead estimate and the 2-byte framing): larger datagrams, up to
+	// MaxDatagram, are split into fragments.
+	MinFlowPayload = 1161
 	// probeSize is larger than any QUIC datagram can be, so SendDatagram
 	// refuses it and reports the current maximum without sending.
 	probeSize = 1 << 16
@@ -42,24 +41,38 @@ const (
 var ErrSessionClosed = fmt.Errorf("tunnel quic session closed: %w", net.ErrClosed)
 
 // DatagramTooLargeError is returned by FlowConn.Write for a payload that
-// does not fit one QUIC datagram on the current path.
+// does not fit MaxFragments QUIC datagrams on the current path (or is
+// larger than MaxDatagram).
 type DatagramTooLargeError struct {
-	// Size is the payload length written; Max the largest that fits now.
+	// Size is the payload length written; Max the largest carried now.
 	Size, Max int
 }
 
 func (e *DatagramTooLargeError) Error() string {
-	return fmt.Sprintf("tunnel flow: datagram payload of %d bytes does not fit a QUIC datagram (max %d now): use a smaller UDP length (iperf3 -l %d)", e.Size, e.Max, e.Max)
+	return fmt.Sprintf("tunnel flow: datagram payload of %d bytes is too large for the tunnel (max %d now): use a smaller UDP length (iperf3 -l %d)", e.Size, e.Max, e.Max)
 }
 
-// SessionStats are a session's datagram counters.
+// SessionStats are a session's datagram counters. Dropped, QueueDropped
+// and Incomplete are losses inside this end, not on the path.
 type SessionStats struct {
 	// Dropped counts datagrams dropped on full flow or accept queues.
 	Dropped uint64
+	// QueueDropped counts QUIC datagrams quic-go discarded on its full
+	// receive queue (128 entries) before the session could read them;
+	// counted on sessions of a QUICListener only (0 on DialQUIC's).
+	QueueDropped uint64
+	// Incomplete counts fragmented datagrams given up with pieces missing
+	// (lost on the path or in QueueDropped, or pushed out of the bounded
+	// reassembly).
+	Incomplete uint64
+	// Reassembled counts fragmented datagrams received whole.
+	Reassembled uint64
+	// Fragmented counts datagrams this end sent in fragments.
+	Fragmented uint64
 	// Unknown counts datagrams for flows that are closed or not open (on
 	// the client side, where flows are only opened by Flow).
 	Unknown uint64
-	// Malformed counts empty datagrams (no flow id).
+	// Malformed counts QUIC datagrams that break the framing.
 	Malformed uint64
 	// PacketsLost is quic-go's count of this side's QUIC packets declared
 	// lost (datagrams inside them are not retransmitted).
@@ -87,7 +100,9 @@ type QUICSession struct {
 	nextFlow int
 	demuxEnd chan struct{}
 
-	dropped, unknown, malformed atomic.Uint64
+	reasm                                                reassembler
+	drops                                                *dropCounter
+	dropped, unknown, malformed, reassembled, fragmented atomic.Uint64
 }
 
 func newSession(c *quic.Conn, server bool, request []byte) *QUICSession {
@@ -98,6 +113,8 @@ func newSession(c *quic.Conn, server bool, request []byte) *QUICSession {
 		flows:    make(map[uint8]*FlowConn),
 		accepts:  make(chan acceptItem, acceptQueueLen),
 		demuxEnd: make(chan struct{}),
+		reasm:    reassembler{now: time.Now},
+		drops:    lookupDropCounter(c),
 	}
 	if server {
 		s.start()
@@ -172,23 +189,36 @@ func (s *QUICSession) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 func (s *QUICSession) Stats() SessionStats {
 	cs := s.conn.ConnectionStats()
 	return SessionStats{
-		Dropped:     s.dropped.Load(),
-		Unknown:     s.unknown.Load(),
-		Malformed:   s.malformed.Load(),
-		PacketsLost: cs.PacketsLost,
-		SmoothedRTT: cs.SmoothedRTT,
+		Dropped:      s.dropped.Load(),
+		QueueDropped: s.drops.load(),
+		Incomplete:   s.reasm.incomplete.Load(),
+		Reassembled:  s.reassembled.Load(),
+		Fragmented:   s.fragmented.Load(),
+		Unknown:      s.unknown.Load(),
+		Malformed:    s.malformed.Load() + s.reasm.malformed.Load(),
+		PacketsLost:  cs.PacketsLost,
+		SmoothedRTT:  cs.SmoothedRTT,
 	}
 }
 
-// MaxFlowPayload returns the largest payload a FlowConn.Write can send
-// now. It starts near 1,150 bytes (a 1,200-byte QUIC packet) and grows as
-// path MTU discovery finds a larger path MTU, to at most about 1,410
-// bytes (quic-go's 1,452-byte packets). It returns 0 when the session
-// cannot carry datagrams.
+// MaxFlowPayload returns the largest payload a FlowConn.Write sends in
+// one QUIC datagram now, without fragments. It starts near 1,150 bytes (a
+// 1,200-byte QUIC packet) and grows as path MTU discovery finds a larger
+// path MTU, to at most about 1,410 bytes (quic-go's 1,452-byte packets).
+// It returns 0 when the session cannot carry datagrams.
 func (s *QUICSession) MaxFlowPayload() int {
+	return max(s.maxDatagram()-wholeHeaderLen, 0)
+}
+
+// probe is larger than any QUIC datagram can be: SendDatagram refuses it
+// before reading it and reports the current maximum.
+var probe = make([]byte, probeSize)
+
+// maxDatagram returns the largest QUIC datagram payload sendable now.
+func (s *QUICSession) maxDatagram() int {
 	var tl *quic.DatagramTooLargeError
-	if err := s.conn.SendDatagram(make([]byte, probeSize)); errors.As(err, &tl) {
-		return max(int(tl.MaxDatagramPayloadSize)-flowHeaderLen, 0)
+	if err := s.conn.SendDatagram(probe); errors.As(err, &tl) {
+		return int(tl.MaxDatagramPayloadSize)
 	}
 	return 0
 }
@@ -264,11 +294,18 @@ func (s *QUICSession) demux() {
 		if err != nil {
 			return
 		}
-		if len(b) < flowHeaderLen {
+		f, err := parseFragment(b)
+		switch {
+		case err != nil:
 			s.malformed.Add(1)
-			continue
+		case f.whole:
+			s.route(f.flow, f.data)
+		default:
+			if whole := s.reasm.add(f); whole != nil {
+				s.reassembled.Add(1)
+				s.route(f.flow, whole)
+			}
 		}
-		s.route(b[0], b[flowHeaderLen:])
 	}
 }
 
@@ -296,8 +333,9 @@ func (s *QUICSession) route(id uint8, p []byte) {
 
 // FlowConn is one datagram flow of a QUICSession as a net.Conn: each Read
 // returns one datagram (truncated to the buffer, as on a UDP socket), each
-// Write sends one. Deadlines work as on a socket, except that a Write
-// blocked by a full QUIC send queue waits for the queue to drain.
+// Write sends one, in fragments when it does not fit one QUIC datagram.
+// Deadlines work as on a socket, except that a Write blocked by a full
+// QUIC send queue waits for the queue to drain.
 type FlowConn struct {
 	s  *QUICSession
 	id uint8
@@ -309,8 +347,10 @@ type FlowConn struct {
 
 	wmu  sync.Mutex
 	wbuf []byte
+	msg  uint16 // next fragmented datagram's number
 
 	dropped atomic.Uint64
+	handler atomic.Pointer[func([]byte)]
 }
 
 var _ net.Conn = (*FlowConn)(nil)
@@ -328,12 +368,41 @@ func (f *FlowConn) Dropped() uint64 { return f.dropped.Load() }
 func (f *FlowConn) isClosed() bool { return isClosed(f.closed) }
 
 func (f *FlowConn) deliver(p []byte) {
+	if h := f.handler.Load(); h != nil {
+		(*h)(p)
+		return
+	}
 	select {
 	case f.q <- p:
 	default:
 		f.dropped.Add(1)
 		f.s.dropped.Add(1)
 	}
+	// A handler set meanwhile may have drained the queue already.
+	if h := f.handler.Load(); h != nil {
+		for {
+			select {
+			case q := <-f.q:
+				(*h)(q)
+			default:
+				return
+			}
+		}
+	}
+}
+
+// Handle has the session's demultiplexer pass each datagram of the flow
+// to h in its own goroutine, instead of queueing it for Read: one
+// goroutine hand-off less per datagram, for a handler that answers at once
+// (the echo). h owns p and must be safe for concurrent use (the caller
+// of Handle hands it what was queued before). A slow h holds up every
+// flow of the session. nil restores queueing.
+func (f *FlowConn) Handle(h func(p []byte)) {
+	if h == nil {
+		f.handler.Store(nil)
+		return
+	}
+	f.handler.Store(&h)
 }
 
 // Read implements net.Conn.
@@ -365,23 +434,52 @@ func (f *FlowConn) Write(b []byte) (int, error) {
 	}
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
-	if cap(f.wbuf) < flowHeaderLen+len(b) {
-		f.wbuf = make([]byte, flowHeaderLen+len(b))
+	var err error
+	if len(b) <= MinFlowPayload {
+		err = f.send(appendWhole(f.wbuf[:0], f.id, b))
+	} else {
+		err = f.writeLarge(b)
 	}
-	buf := f.wbuf[:flowHeaderLen+len(b)]
-	buf[0] = f.id
-	copy(buf[flowHeaderLen:], b)
-	if err := f.s.conn.SendDatagram(buf); err != nil {
-		var tl *quic.DatagramTooLargeError
-		if errors.As(err, &tl) {
-			return 0, f.opErr("write", &DatagramTooLargeError{Size: len(b), Max: max(int(tl.MaxDatagramPayloadSize)-flowHeaderLen, 0)})
-		}
-		if f.s.conn.Context().Err() != nil {
-			return 0, f.opErr("write", ErrSessionClosed)
-		}
+	if err == nil {
+		return len(b), nil
+	}
+	var tl *DatagramTooLargeError
+	if errors.As(err, &tl) {
 		return 0, f.opErr("write", err)
 	}
-	return len(b), nil
+	if f.s.conn.Context().Err() != nil {
+		return 0, f.opErr("write", ErrSessionClosed)
+	}
+	return 0, f.opErr("write", err)
+}
+
+// send sends one framed datagram, keeping its buffer for the next.
+func (f *FlowConn) send(framed []byte) error {
+	f.wbuf = framed
+	return f.s.conn.SendDatagram(framed)
+}
+
+// writeLarge sends b whole when it fits one QUIC datagram now, else in
+// fragments.
+func (f *FlowConn) writeLarge(b []byte) error {
+	m := f.s.maxDatagram()
+	if len(b)+wholeHeaderLen <= m {
+		return f.send(appendWhole(f.wbuf[:0], f.id, b))
+	}
+	size, count, ok := splitSizes(len(b), m)
+	if !ok {
+		return &DatagramTooLargeError{Size: len(b), Max: min(MaxDatagram, max(m-fragHeaderLen, 0)*MaxFragments)}
+	}
+	msg := f.msg
+	f.msg++
+	for i := range count {
+		piece := b[i*size : min((i+1)*size, len(b))]
+		if err := f.send(appendFragment(f.wbuf[:0], f.id, msg, i, count, piece)); err != nil {
+			return err
+		}
+	}
+	f.s.fragmented.Add(1)
+	return nil
 }
 
 // Close closes the flow (not the session); datagrams arriving for it later

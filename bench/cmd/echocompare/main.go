@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,6 +112,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
+// minProbes is the fewest probes a run sends: a low rate runs longer than
+// -t, so its p99 rests on enough samples (10 s at 1k pps).
+const minProbes = 10000
+
+// runSeconds is the duration of one run at rate.
+func runSeconds(seconds, rate int) int {
+	return max(seconds, (minProbes+rate-1)/rate)
+}
+
 // errNoSockperf is returned when the sockperf binary is not found.
 var errNoSockperf = errors.New("sockperf not found: install it (Debian/Ubuntu: apt-get install -y sockperf) or pass -sockperf PATH")
 
@@ -183,6 +193,21 @@ type rateResult struct {
 	Sockperf side    `json:"sockperf"`
 	RatioP50 float64 `json:"ratio_p50"`
 	RatioP99 float64 `json:"ratio_p99"`
+	// Spread* are the lowest and highest ratio of one round's runs.
+	SpreadP50 [2]float64 `json:"ratio_p50_range"`
+	SpreadP99 [2]float64 `json:"ratio_p99_range"`
+}
+
+// spread returns the range of the per-round ratios of ours to sockperf.
+func spread(ours, stock []rtt, pick func(rtt) float64) [2]float64 {
+	var rs []float64
+	for i := range min(len(ours), len(stock)) {
+		rs = append(rs, iperfrun.Ratio(pick(ours[i]), pick(stock[i])))
+	}
+	if len(rs) == 0 {
+		return [2]float64{}
+	}
+	return [2]float64{slices.Min(rs), slices.Max(rs)}
 }
 
 // prober is one of the two measurements under comparison.
@@ -245,13 +270,15 @@ func compare(ctx context.Context, o options, log io.Writer) ([]rateResult, error
 		res.Sockperf.summarize()
 		res.RatioP50 = iperfrun.Ratio(res.Ours.MedianP50us, res.Sockperf.MedianP50us)
 		res.RatioP99 = iperfrun.Ratio(res.Ours.MedianP99us, res.Sockperf.MedianP99us)
+		res.SpreadP50 = spread(res.Ours.Runs, res.Sockperf.Runs, func(r rtt) float64 { return r.P50us })
+		res.SpreadP99 = spread(res.Ours.Runs, res.Sockperf.Runs, func(r rtt) float64 { return r.P99us })
 		results = append(results, res)
 	}
 	return results, nil
 }
 
 func printTable(w io.Writer, results []rateResult, o options) {
-	fmt.Fprintf(w, "\nUDP echo on loopback, %d-byte datagrams, %d rounds of -t %d per side and rate, alternating; medians over the rounds.\n", o.size, o.rounds, o.seconds)
+	fmt.Fprintf(w, "\nUDP echo on loopback, %d-byte datagrams, %d rounds of -t %d (at least %d probes) per side and rate, alternating; medians over the rounds, [range of the per-round ratios].\n", o.size, o.rounds, o.seconds, minProbes)
 	fmt.Fprintf(w, "ours = reflector test udp-echo against reflector serve (direct_ephemeral); sockperf = sockperf ping-pong against sockperf server.\n")
 	fmt.Fprintf(w, "All figures are round-trip times: sockperf's one-way latency (RTT/2) is doubled. ratio = ours / sockperf.\n")
 	if o.timestamped {
@@ -259,15 +286,15 @@ func printTable(w io.Writer, results []rateResult, o options) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := "rate pps\tours RTT p50 us\tours RTT p99 us\tsockperf RTT p50 us\tsockperf RTT p99 us\tratio p50\tratio p99\t"
+	head := "rate pps\tours RTT p50 us\tours RTT p99 us\tsockperf RTT p50 us\tsockperf RTT p99 us\tratio p50\tratio p99\tp50 range\tp99 range\t"
 	if o.timestamped {
 		head += "ours server us\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t", r.Rate,
+		fmt.Fprintf(tw, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f-%.2f\t%.2f-%.2f\t", r.Rate,
 			r.Ours.MedianP50us, r.Ours.MedianP99us, r.Sockperf.MedianP50us, r.Sockperf.MedianP99us,
-			r.RatioP50, r.RatioP99)
+			r.RatioP50, r.RatioP99, r.SpreadP50[0], r.SpreadP50[1], r.SpreadP99[0], r.SpreadP99[1])
 		if o.timestamped {
 			fmt.Fprintf(tw, "%.1f\t", r.Ours.MedianServerUs)
 		}

@@ -157,3 +157,21 @@ func TestMissingSockperf(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want 1 and the install hint", code, stderr.String())
 	}
 }
+
+// TestSpreadAndRunSeconds: the ratio range pairs runs of the same round,
+// and low rates run long enough for minProbes.
+func TestSpreadAndRunSeconds(t *testing.T) {
+	ours := []rtt{{P50us: 20}, {P50us: 30}, {P50us: 10}}
+	stock := []rtt{{P50us: 10}, {P50us: 10}, {P50us: 20}}
+	if got := spread(ours, stock, func(r rtt) float64 { return r.P50us }); got != [2]float64{0.5, 3} {
+		t.Fatalf("spread %v, want [0.5 3]", got)
+	}
+	if got := spread(nil, stock, func(r rtt) float64 { return r.P50us }); got != [2]float64{} {
+		t.Fatalf("spread of no runs %v", got)
+	}
+	for _, c := range []struct{ seconds, rate, want int }{{5, 1000, 10}, {5, 10000, 5}, {20, 1000, 20}, {1, 3000, 4}} {
+		if got := runSeconds(c.seconds, c.rate); got != c.want {
+			t.Errorf("runSeconds(%d, %d) = %d, want %d", c.seconds, c.rate, got, c.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,7 +92,7 @@ level = "warn"
 
 [state]
 dir = %q
-`, s.addr, s.portLo, s.portHi, clientID, o.seconds+5, maxRate, state)
+`, s.addr, s.portLo, s.portHi, clientID, runSeconds(o.seconds, slices.Min(o.rates))+5, maxRate, state)
 	cfgPath := filepath.Join(dir, "reflector.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("write config: %w", err)
@@ -180,10 +181,11 @@ func (s *oursServer) measure(ctx context.Context, rate int) (rtt, error) {
 }
 
 func (s *oursServer) once(ctx context.Context, rate int) (rtt, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.seconds)*time.Second+runGrace)
+	secs := runSeconds(s.seconds, rate)
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+runGrace)
 	defer cancel()
 	args := []string{"test", "--peer", s.addr, "--identity", s.keyPath, "--json", "udp-echo",
-		"-t", strconv.Itoa(s.seconds), "--rate", strconv.Itoa(rate), "--size", strconv.Itoa(s.size)}
+		"-t", strconv.Itoa(secs), "--rate", strconv.Itoa(rate), "--size", strconv.Itoa(s.size)}
 	if s.timestamped {
 		args = append(args, "--timestamped")
 	}

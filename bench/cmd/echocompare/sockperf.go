@@ -61,10 +61,11 @@ func startSockperf(ctx context.Context, o options, exe string) (*sockperfServer,
 
 // measure runs `sockperf ping-pong` once at rate (--mps).
 func (s *sockperfServer) measure(ctx context.Context, rate int) (rtt, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.seconds)*time.Second+runGrace)
+	secs := runSeconds(s.seconds, rate)
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+runGrace)
 	defer cancel()
 	args := []string{"ping-pong", "-i", "127.0.0.1", "-p", strconv.Itoa(s.port),
-		"-t", strconv.Itoa(s.seconds), "-m", strconv.Itoa(s.size), "--mps", strconv.Itoa(rate)}
+		"-t", strconv.Itoa(secs), "-m", strconv.Itoa(s.size), "--mps", strconv.Itoa(rate)}
 	cmd := exec.CommandContext(ctx, s.exe, args...)
 	cmd.WaitDelay = 5 * time.Second
 	out := &iperfrun.TailBuffer{Max: 64 << 10}

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package udpbatch
+
+import (
+	"errors"
+	"net"
+)
+
+// Detach returns a Conn over c: outside Linux the socket stays with Go's
+// netpoller (see the Linux version).
+func Detach(c *net.UDPConn, batch int) (*Detached, error) {
+	return &Detached{Conn: New(c, batch)}, nil
+}
+
+// Detached is a Conn whose socket is outside Go's netpoller on Linux.
+type Detached struct {
+	*Conn
+}
+
+// Close closes the socket. It is idempotent.
+func (d *Detached) Close() error {
+	if err := d.Conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
