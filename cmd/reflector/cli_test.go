@@ -115,7 +115,7 @@ func TestGuideCommandsAsWritten(t *testing.T) {
 // TestConsoleBannerNamesEndpointID: the console format (a terminal) shows
 // the same message text.
 func TestConsoleBannerNamesEndpointID(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	log := zerolog.New(zerolog.ConsoleWriter{Out: &buf, NoColor: true})
 	h := servertest.Start(t, nil, server.Options{Logger: log})
 	if out := buf.String(); !strings.Contains(out, "Endpoint ID "+h.Server.EndpointID().String()) {
@@ -207,7 +207,7 @@ func TestAuditFollowAcrossCopytruncate(t *testing.T) {
 	}
 	cmd := exec.Command(testutil.ReflectorBinary(t), "-c", cfg, "audit", "--follow", "--json")
 	cmd.Env = env
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,24 +26,6 @@ import (
 // testutil.ReflectorBinary (built once, readable by an unprivileged user for
 // the state fallback test), removed at exit by testutil.Run.
 func TestMain(m *testing.M) { os.Exit(testutil.Run(m)) }
-
-// syncBuffer is a bytes.Buffer safe for a process writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testEnv is a clean environment: a private HOME and no REFLECTOR_CONFIG.
 func testEnv(t *testing.T, home string) []string {
@@ -86,8 +67,8 @@ func runBin(t *testing.T, env []string, args ...string) result {
 // proc is a running `reflector serve`.
 type proc struct {
 	cmd    *exec.Cmd
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout testutil.SyncBuffer
+	stderr testutil.SyncBuffer
 	done   chan struct{}
 	err    error
 }
@@ -442,7 +423,7 @@ func TestServeStateFallback(t *testing.T) {
 	cmd := exec.Command(testutil.ReflectorBinary(t), "serve", "--bind", "127.0.0.1:0")
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -482,10 +463,10 @@ func TestServeStateFallback(t *testing.T) {
 
 // startIperf3Server runs `reflector iperf3-server --json` on listen and
 // returns the process and the bound address from its log.
-func startIperf3Server(t *testing.T, listen string, extra ...string) (*exec.Cmd, *syncBuffer, chan error, string) {
+func startIperf3Server(t *testing.T, listen string, extra ...string) (*exec.Cmd, *testutil.SyncBuffer, chan error, string) {
 	t.Helper()
 	cmd := exec.Command(testutil.ReflectorBinary(t), append([]string{"iperf3-server", "--listen", listen, "--json"}, extra...)...)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -200,7 +200,7 @@ func TestTunnelDirectGrant(t *testing.T) {
 // bytes within 2% of want.
 func runTunnelIperf3(t *testing.T, h *servertest.Harness, keyPath, bin string, flags []string, want func(*iperf3Out) int64, mode string, before func(local string)) {
 	t.Helper()
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	e := &env{stdout: stdout, stderr: stderr, getenv: func(string) string { return "" }}
 	args := append([]string{"tunnel", "--peer", h.Addr, "--identity", keyPath, "--listen", "127.0.0.1:0", "-t", "2"}, flags...)
 	done := make(chan int, 1)

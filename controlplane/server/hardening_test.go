@@ -1,13 +1,11 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -209,29 +207,11 @@ func TestPairingAuditTrail(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestPairingTokenLogging: the start-up window of pairing_enabled = true
 // logs its token once; a token made for `reflector pair` goes only to the
 // admin client, never to the log (issue 11, item 6).
 func TestPairingTokenLogging(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	h := servertest.Start(t, func(c *config.Config) { c.Access.PairingEnabled = true },
 		server.Options{Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)})
 	if n := strings.Count(logs.String(), `"token":`); n != 1 {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -19,36 +20,32 @@ var (
 )
 
 func (s *sysConn) enableGSO() error {
-	if s.rcErr != nil {
-		return fmt.Errorf("enable UDP_SEGMENT: %w", s.rcErr)
-	}
-	var serr error
-	if err := s.rc.Control(func(fd uintptr) {
-		_, serr = unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
-	}); err != nil {
-		return fmt.Errorf("probe UDP_SEGMENT: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("probe UDP_SEGMENT: %w", errors.Join(ErrUnsupported, serr))
-	}
-	s.gso.Store(true)
-	return nil
+	return s.sockopt("probe UDP_SEGMENT", &s.gso, func(fd int) error {
+		_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
+		return err
+	})
 }
 
 func (s *sysConn) enableGRO() error {
+	return s.sockopt("enable UDP_GRO", &s.gro, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1)
+	})
+}
+
+// sockopt runs opt on the socket and sets flag when it succeeds; what
+// names the step in errors. A refusal by the kernel wraps ErrUnsupported.
+func (s *sysConn) sockopt(what string, flag *atomic.Bool, opt func(fd int) error) error {
 	if s.rcErr != nil {
-		return fmt.Errorf("enable UDP_GRO: %w", s.rcErr)
+		return fmt.Errorf("%s: %w", what, s.rcErr)
 	}
 	var serr error
-	if err := s.rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
-	}); err != nil {
-		return fmt.Errorf("enable UDP_GRO: %w", err)
+	if err := s.rc.Control(func(fd uintptr) { serr = opt(int(fd)) }); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if serr != nil {
-		return fmt.Errorf("enable UDP_GRO: %w", errors.Join(ErrUnsupported, serr))
+		return fmt.Errorf("%s: %w", what, errors.Join(ErrUnsupported, serr))
 	}
-	s.gro.Store(true)
+	flag.Store(true)
 	return nil
 }
 

@@ -3,7 +3,6 @@
 package udpbatch
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -236,20 +235,9 @@ func (s *sysConn) writeBatch(_ *net.UDPConn, msgs []Message) (int, error) {
 }
 
 func (s *sysConn) enableTimestamps(_ *net.UDPConn) error {
-	if s.rcErr != nil {
-		return fmt.Errorf("enable SO_TIMESTAMPNS: %w", s.rcErr)
-	}
-	var serr error
-	if err := s.rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-	}); err != nil {
-		return fmt.Errorf("enable SO_TIMESTAMPNS: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("enable SO_TIMESTAMPNS: %w", errors.Join(ErrUnsupported, serr))
-	}
-	s.stamps.Store(true)
-	return nil
+	return s.sockopt("enable SO_TIMESTAMPNS", &s.stamps, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+	})
 }
 
 func netPort(p *uint16) uint16 {

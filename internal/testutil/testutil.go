@@ -5,8 +5,10 @@
 package testutil
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -63,4 +65,25 @@ func SkipIfShort(t testing.TB, why string) {
 	if testing.Short() {
 		t.Skip("skipped with -short: " + why)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers (a server's
+// goroutines, a child process) and a reader.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
