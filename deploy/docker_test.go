@@ -184,18 +184,6 @@ func pair(t *testing.T, docker, ctr string) (token, id string) {
 	return field(t, out, "Token:"), field(t, out, "Endpoint ID:")
 }
 
-// auditCommand reports whether the image has `reflector audit` (helper
-// operator's command; until it is merged the audit checks are skipped).
-func auditCommand(t *testing.T, docker, ctr string) bool {
-	t.Helper()
-	out, errs, err := runCmd(docker, nil, "exec", ctr, "reflector", "audit", "--help")
-	if err != nil && strings.Contains(out+errs, "unknown command") {
-		t.Log("`reflector audit` is not in this build: the audit checks of DEPLOY.md's container paths are NOT RUN")
-		return false
-	}
-	return true
-}
-
 // TestDockerRun runs the image as DEPLOY.md does: read-only, non-root,
 // every capability dropped, a named volume. A client on the host pairs and
 // runs a test; show-id, status and audit work through `docker exec`; the
@@ -240,11 +228,9 @@ func TestDockerRun(t *testing.T) {
 	must(t, bin, nil, "pair-with", "--peer", addr, "--token", token, "--expect-id", id, "--identity", key)
 	out := must(t, bin, nil, "test", "--peer", addr, "--identity", key, "--expect-id", id, "--json", "throughput", "-t", "1", "-P", "2")
 	checkThroughput(t, out, "tunneled", id)
-	if auditCommand(t, docker, name) {
-		out := must(t, docker, nil, "exec", name, "reflector", "audit", "--event", "session_completed", "--json")
-		if !strings.Contains(out, `"session_completed"`) {
-			t.Errorf("reflector audit --event session_completed --json shows no completed session:\n%s", out)
-		}
+	out = must(t, docker, nil, "exec", name, "reflector", "audit", "--event", "session_completed", "--json")
+	if !strings.Contains(out, `"session_completed"`) {
+		t.Errorf("reflector audit --event session_completed --json shows no completed session:\n%s", out)
 	}
 
 	// self-test measures the audit log where it lives (the state volume):
@@ -289,11 +275,9 @@ func TestDockerRun(t *testing.T) {
 		return strings.Contains(strings.ToLower(statusOut), "audit")
 	})
 	if _, _, err := runCmd(docker, nil, "exec", name, "reflector", "status"); err == nil {
-		t.Logf("`reflector status` still exits 0 with the audit log unwritable (it prints:\n%s): "+
-			"the unhealthy HEALTHCHECK is NOT CHECKED until status exits non-zero when unhealthy (helper operator's change)", statusOut)
-	} else {
-		waitHealth(t, docker, name, "unhealthy", 30*time.Second)
+		t.Errorf("`reflector status` exits 0 with the audit log unwritable; it prints:\n%s", statusOut)
 	}
+	waitHealth(t, docker, name, "unhealthy", 30*time.Second)
 	if err := os.Remove(auditPath); err != nil {
 		t.Fatal(err)
 	}
@@ -431,11 +415,9 @@ func TestComposeUpAndAppliance(t *testing.T) {
 		t.Fatalf("direct test: %v\n%s%s", err, out, errs)
 	}
 	checkThroughput(t, out, "direct_ephemeral", id)
-	if auditCommand(t, p.docker, p.container("reflector")) {
-		out := p.must("exec", "-T", "reflector", "reflector", "audit", "--event", "session_completed", "--json")
-		if n := strings.Count(out, `"session_completed"`); n < 2 {
-			t.Errorf("reflector audit shows %d completed sessions, want 2:\n%s", n, out)
-		}
+	out = p.must("exec", "-T", "reflector", "reflector", "audit", "--event", "session_completed", "--json")
+	if n := strings.Count(out, `"session_completed"`); n < 2 {
+		t.Errorf("reflector audit shows %d completed sessions, want 2:\n%s", n, out)
 	}
 }
 
@@ -504,10 +486,6 @@ func TestDeployGuideContainerCommands(t *testing.T) {
 		seen[cmd] = true
 		out, errs, _ := runCmd(bin, nil, cmd, "--help")
 		if strings.Contains(out+errs, "unknown command") {
-			if cmd == "audit" {
-				t.Logf("DEPLOY.md uses `reflector audit`, which this build lacks (helper operator's command): NOT CHECKED")
-				continue
-			}
 			t.Errorf("DEPLOY.md runs `reflector %s` in a container; the binary has no such command", cmd)
 		}
 	}
