@@ -401,8 +401,7 @@ func (c *client) runLoop(ctx context.Context, start time.Time, msgs <-chan ctrlM
 		}
 		last, lastSent, lastRecv = now, s, r
 	}
-	var sentBase, recvBase int64
-	budget := p.byteBudget()
+	bw := budgetWatch{budget: p.byteBudget(), idle: peerStopIdle(p)}
 	for {
 		select {
 		case <-ctx.Done():
@@ -418,23 +417,66 @@ func (c *client) runLoop(ctx context.Context, start time.Time, msgs <-chan ctrlM
 		case now := <-omitC:
 			omitting = false
 			measureStart = now
-			sentBase, recvBase = c.sent.Load(), c.recv.Load()
+			bw.restart(c, now)
 			c.set.markOmitEnd(now, c.senderHasRetransmits() == 1)
 		case now := <-tick.C:
 			report(now)
 		case <-endC:
 			report(time.Now())
 			return measureStart, nil
-		case <-poll.C:
-			if omitting || budget == 0 {
-				continue
-			}
-			if c.sent.Load()-sentBase >= budget || c.recv.Load()-recvBase >= budget || c.set.sendersDone() {
-				report(time.Now())
+		case now := <-poll.C:
+			if !omitting && bw.done(c, now) {
+				report(now)
 				return measureStart, nil
 			}
 		}
 	}
+}
+
+// budgetWatch decides when a -n/-k test has reached its byte budget.
+type budgetWatch struct {
+	budget             int64         // 0: not a -n/-k test
+	idle               time.Duration // see peerStopIdle
+	sentBase, recvBase int64         // the counters when omitting ended
+	lastRecv           int64
+	lastMove           time.Time
+}
+
+// restart counts from now on (the omit period ended).
+func (w *budgetWatch) restart(c *client, now time.Time) {
+	w.sentBase, w.recvBase, w.lastRecv, w.lastMove = c.sent.Load(), c.recv.Load(), 0, now
+}
+
+// done reports whether this end sent or received the budget since
+// omitting ended, or its senders stopped at it. A client that only
+// receives (-R) also ends once nothing has arrived for w.idle: the
+// server's senders stop at the budget counted from the server's own omit
+// end, which under load fires apart from ours, so the bytes we count may
+// never reach the budget.
+func (w *budgetWatch) done(c *client, now time.Time) bool {
+	if w.budget == 0 {
+		return false
+	}
+	sent, recv := c.sent.Load()-w.sentBase, c.recv.Load()-w.recvBase
+	if sent >= w.budget || recv >= w.budget || c.set.sendersDone() {
+		return true
+	}
+	if recv != w.lastRecv || w.lastMove.IsZero() {
+		w.lastRecv, w.lastMove = recv, now
+		return false
+	}
+	return !c.set.hasSender() && recv > 0 && now.Sub(w.lastMove) >= w.idle
+}
+
+// peerStopIdle is how long a receive-only -n/-k client waits without data
+// before it takes the server's senders as stopped: 2 s, or four blocks'
+// time at a paced rate so slow that a block takes longer.
+func peerStopIdle(p Params) time.Duration {
+	idle := 2 * time.Second
+	if p.Bandwidth > 0 {
+		idle = max(idle, time.Duration(4*float64(p.BlockLen())*8/float64(p.Bandwidth)*float64(time.Second)))
+	}
+	return idle
 }
 
 // senderHasRetransmits mirrors what the reference client reports.

@@ -75,3 +75,40 @@ func TestClientByteLimitWithOmit(t *testing.T) {
 		})
 	}
 }
+
+// TestBudgetWatchPeerStopped: a receive-only -n client whose omit period
+// ended after the server's counts fewer bytes than the budget although
+// the server's senders stopped at it; it ends once nothing arrives for
+// the idle time instead of waiting for the deadline (seen under load:
+// TestClientByteLimitWithOmit reverse hung 30 s). While bytes keep
+// arriving, or before any arrived, it does not end.
+func TestBudgetWatchPeerStopped(t *testing.T) {
+	p := Params{TCP: true, Bytes: 1000, Reverse: true, Parallel: 1}
+	c := &client{p: p}
+	c.set = newStreamSet(p, &c.sent, &c.recv, 0)
+	c.set.add(nil, false)
+	w := budgetWatch{budget: p.byteBudget(), idle: peerStopIdle(p)}
+	t0 := time.Unix(1000, 0)
+	c.recv.Store(300) // bytes of the omit period
+	w.restart(c, t0)
+	if w.done(c, t0.Add(time.Hour)) {
+		t.Fatal("ended before any measured byte arrived")
+	}
+	c.recv.Add(600) // the server's budget, minus what it sent before our omit end
+	if w.done(c, t0.Add(time.Hour+time.Second)) {
+		t.Fatal("ended while bytes were still arriving")
+	}
+	if w.done(c, t0.Add(time.Hour+time.Second+w.idle/2)) {
+		t.Fatal("ended before the idle time")
+	}
+	if !w.done(c, t0.Add(time.Hour+time.Second+w.idle)) {
+		t.Fatal("a receive-only client did not end once the server's senders stopped")
+	}
+	c.recv.Add(400) // 1000 measured: the budget
+	if !w.done(c, t0.Add(time.Hour+2*time.Second)) {
+		t.Fatal("the whole budget arrived and the client did not end")
+	}
+	if got := peerStopIdle(Params{TCP: true, Bandwidth: 8000, Len: 128 << 10}); got < 4*128*time.Second {
+		t.Fatalf("idle at 8 kbit/s with 128 KiB blocks = %v, want at least four blocks' time", got)
+	}
+}
