@@ -85,8 +85,10 @@ func (p *podmanCLI) must(t *testing.T, args ...string) string {
 // bud --format docker into containers-storage) and runs it with Podman BY
 // NAME from that store: read-only, as 65534, every capability dropped, a
 // named volume. show-id and status answer through `podman exec`, a client
-// in the container pairs and runs a test over pp-link/1, and `podman
-// healthcheck run` runs the image's HEALTHCHECK and passes.
+// in the container pairs and runs a test over pp-link/1, `podman
+// healthcheck run` runs the image's HEALTHCHECK and passes, and fails once
+// the audit log cannot be written; the Endpoint ID survives recreating the
+// container on the same volume.
 func TestPodmanRun(t *testing.T) {
 	p := newPodman(t)
 	root := stageTree(t, testutil.ReflectorBinary(t))
@@ -146,6 +148,40 @@ func TestPodmanRun(t *testing.T) {
 	out = p.must(t, "exec", name, "reflector", "test", "--peer", "127.0.0.1:4000", "--identity", key, "--expect-id", id,
 		"--json", "throughput", "-t", "1", "-P", "2")
 	checkThroughput(t, out, "tunneled", id)
+
+	// The health check can fail: the audit log made unwritable (a
+	// directory where the file was, reopened on SIGHUP).
+	mnt := strings.TrimSpace(p.must(t, "volume", "inspect", "--format", "{{.Mountpoint}}", vol))
+	auditPath := filepath.Join(mnt, "audit.jsonl")
+	if err := os.Rename(auditPath, auditPath+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(auditPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p.must(t, "kill", "--signal", "HUP", name)
+	testutil.Eventually(t, 10*time.Second, "podman healthcheck run fails with the audit log unwritable", func() bool {
+		out, errs, err := p.run("healthcheck", "run", name)
+		return err != nil && strings.Contains(out+errs, "unhealthy")
+	})
+	if err := os.Remove(auditPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(auditPath+".moved", auditPath); err != nil {
+		t.Fatal(err)
+	}
+
+	// Same volume, new container: same Endpoint ID.
+	p.must(t, "rm", "-f", "-t", "5", name)
+	p.must(t, "run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL", "--user", "65534:65534",
+		"--network", "none", "-v", vol+":/var/lib/reflector", "--health-interval", "disable", img)
+	testutil.Eventually(t, 30*time.Second, "reflector status answers in the new "+name, func() bool {
+		_, _, err := p.run("healthcheck", "run", name)
+		return err == nil
+	})
+	if again := strings.TrimSpace(p.must(t, "exec", name, "reflector", "show-id")); again != id {
+		t.Errorf("Endpoint ID after recreating the container: %s, was %s", again, id)
+	}
 }
 
 // podmanPair opens a pairing window in the container, as DEPLOY.md's
