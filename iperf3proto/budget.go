@@ -56,11 +56,14 @@ func (b *ByteBudget) take(n int) int {
 	for {
 		left := b.left.Load()
 		if left <= 0 {
-			b.once.Do(func() { close(b.spent) })
+			b.markSpent()
 			return 0
 		}
 		g := min(int64(n), max(left/8, min(left, minTake)))
 		if b.left.CompareAndSwap(left, left-g) {
+			if left == g {
+				b.markSpent() // the last byte is taken: nothing more can move
+			}
 			return int(g)
 		}
 	}
@@ -74,6 +77,9 @@ func (b *ByteBudget) takeDatagrams(k, blk int) int {
 	b.give(g - n*blk)
 	return n
 }
+
+// markSpent closes Exhausted (once).
+func (b *ByteBudget) markSpent() { b.once.Do(func() { close(b.spent) }) }
 
 // give returns n reserved bytes that were not moved.
 func (b *ByteBudget) give(n int) {
@@ -91,10 +97,13 @@ func (b *ByteBudget) spend(n int) bool {
 	for {
 		left := b.left.Load()
 		if left < int64(n) {
-			b.once.Do(func() { close(b.spent) })
+			b.markSpent()
 			return false
 		}
 		if b.left.CompareAndSwap(left, left-int64(n)) {
+			if left == int64(n) {
+				b.markSpent()
+			}
 			return true
 		}
 	}

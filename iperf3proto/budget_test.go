@@ -49,3 +49,22 @@ func TestByteBudget(t *testing.T) {
 		t.Fatal("a nil budget is not unlimited")
 	}
 }
+
+// TestByteBudgetExhaustedAtLastByte: taking or spending the last byte
+// closes Exhausted at once, without another taker having to find the
+// budget empty (the streams may all have ended with the client, and the
+// session would then report client_gone instead of quota_exceeded).
+func TestByteBudgetExhaustedAtLastByte(t *testing.T) {
+	for name, use := range map[string]func(b *ByteBudget){
+		"take":  func(b *ByteBudget) { b.take(1 << 20) },
+		"spend": func(b *ByteBudget) { b.spend(1000) },
+	} {
+		b := NewByteBudget(1000)
+		use(b)
+		select {
+		case <-b.Exhausted():
+		default:
+			t.Errorf("%s of the last byte left Exhausted open", name)
+		}
+	}
+}
