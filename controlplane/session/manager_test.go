@@ -397,6 +397,7 @@ func TestApplianceSequence(t *testing.T) {
 
 func TestBusyAndCooldownAndHourly(t *testing.T) {
 	f := newFixture(t, func(c *config.Config) { c.Quotas.MaxTestsPerHourPerPeer = 2 })
+	f.m.echoGraceAfter = 200 * time.Millisecond // the echo sessions below run no probes
 	ctx := context.Background()
 	g := mustGrant(t, f.m.Request(ctx, f.peer, throughputReq(30, 1, false)))
 
@@ -676,6 +677,7 @@ func TestClampedGrant(t *testing.T) {
 // refused busy (the appliance asks at once after its iperf3 client exits).
 func TestSamePeerWaitsForItsEndingSession(t *testing.T) {
 	f := newFixture(t, nil)
+	f.m.echoGraceAfter = 200 * time.Millisecond // the second session runs no probes
 	ctx := context.Background()
 	g := mustGrant(t, f.m.Request(ctx, f.peer, link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}}))
 	// Make the first session count as completed so the cooldown is not
