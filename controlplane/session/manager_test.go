@@ -396,6 +396,7 @@ func TestApplianceSequence(t *testing.T) {
 }
 
 func TestBusyAndCooldownAndHourly(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, func(c *config.Config) { c.Quotas.MaxTestsPerHourPerPeer = 2 })
 	f.m.echoGraceAfter = 200 * time.Millisecond // the echo sessions below run no probes
 	ctx := context.Background()
@@ -503,6 +504,7 @@ func TestForeignSourceRefused(t *testing.T) {
 }
 
 func TestEchoSession(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, func(c *config.Config) { c.Quotas.EchoMaxPPS = 200 })
 	g := mustGrant(t, f.m.Request(context.Background(), f.peer, link.SessionRequest{
 		TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 2, Timestamped: ptr(true)},
@@ -676,6 +678,7 @@ func TestClampedGrant(t *testing.T) {
 // held by the same peer's session waits for it to end instead of being
 // refused busy (the appliance asks at once after its iperf3 client exits).
 func TestSamePeerWaitsForItsEndingSession(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, nil)
 	f.m.echoGraceAfter = 200 * time.Millisecond // the second session runs no probes
 	ctx := context.Background()
