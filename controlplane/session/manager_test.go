@@ -31,26 +31,38 @@ type recorder struct {
 	mu        sync.Mutex
 	events    []audit.Event
 	failGrant bool
-	// stall, when set, delays every write by that long (a slow disk);
-	// stalled counts the writes waiting in it.
+	// stall, when set, delays every write by that long (a slow disk)
+	// or until unstall is closed; stalled counts the writes waiting in it.
 	stall   time.Duration
+	unstall chan struct{}
 	stalled atomic.Int32
 }
 
-// setStall makes every later write wait d.
+// setStall makes every later write wait d; zero also ends the waits of
+// the writes already stalled.
 func (r *recorder) setStall(d time.Duration) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.unstall != nil {
+		close(r.unstall)
+		r.unstall = nil
+	}
 	r.stall = d
-	r.mu.Unlock()
+	if d > 0 {
+		r.unstall = make(chan struct{})
+	}
 }
 
 func (r *recorder) Write(e audit.Event) error {
 	r.mu.Lock()
-	d := r.stall
+	d, unstall := r.stall, r.unstall
 	r.mu.Unlock()
 	if d > 0 {
 		r.stalled.Add(1)
-		time.Sleep(d)
+		select {
+		case <-time.After(d):
+		case <-unstall:
+		}
 		r.stalled.Add(-1)
 	}
 	r.mu.Lock()
