@@ -239,6 +239,7 @@ func TestClientAgainstStockServer(t *testing.T) {
 
 // TestClientBusy checks our client reports ACCESS_DENIED as a sentinel.
 func TestClientBusy(t *testing.T) {
+	t.Parallel() // its own server on :0, waits on its clock
 	ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
 	d := &NetDialer{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(ts.port))}
 	done := make(chan error, 1)

@@ -194,6 +194,7 @@ func TestServerTruncatedAndBadState(t *testing.T) {
 // TestServerStalledClient: cookie, then nothing; the deadline tears the
 // test down and the listener serves the next test.
 func TestServerStalledClient(t *testing.T) {
+	t.Parallel() // its own server on :0, waits on its clock
 	ts := startServer(t, "127.0.0.1", ServerConfig{TestTimeout: 700 * time.Millisecond}, 3)
 	r := dialRaw(t, ts.port, "")
 	r.cookie()
@@ -228,6 +229,7 @@ func TestServerStalledClient(t *testing.T) {
 // TestServerDeadlineWhileRunning: a running test is cut at the deadline and
 // the client told SERVER_TERMINATE.
 func TestServerDeadlineWhileRunning(t *testing.T) {
+	t.Parallel() // its own server on :0, waits on its clock
 	ts := startServer(t, "127.0.0.1", ServerConfig{TestTimeout: 800 * time.Millisecond}, 1)
 	d := &NetDialer{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(ts.port))}
 	_, err := RunClient(context.Background(), d, ClientConfig{Duration: 5 * time.Second, Reverse: true}, nil)
@@ -266,6 +268,7 @@ func TestServerDisallowedSource(t *testing.T) {
 // TestServerBusyRaw: a connection during a test gets ACCESS_DENIED without
 // the server waiting for its cookie.
 func TestServerBusyRaw(t *testing.T) {
+	t.Parallel() // its own server on :0, waits on its clock
 	ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
 	d := &NetDialer{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(ts.port))}
 	done := make(chan error, 1)

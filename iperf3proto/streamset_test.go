@@ -53,9 +53,11 @@ func TestSendLimitCountsAfterOmit(t *testing.T) {
 // and the test ends by the budget (the client used to skip its byte limit
 // when omit was set and overshoot by whatever it sent in a 5 ms poll).
 func TestClientByteLimitWithOmit(t *testing.T) {
+	t.Parallel() // its own server on :0, waits on its clock
 	const budget = 24 << 20
 	for _, rev := range []bool{false, true} {
 		t.Run("reverse="+strconv.FormatBool(rev), func(t *testing.T) {
+			t.Parallel()
 			ts := startServer(t, "127.0.0.1", ServerConfig{}, 1)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -12,6 +12,7 @@ import (
 )
 
 func TestSelfTestJSON(t *testing.T) {
+	t.Parallel() // in-process self-test on :0 listeners; any verdict is accepted
 	var out, errb bytes.Buffer
 	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: os.Getenv}
 	code := run(e, []string{"self-test", "--json", "--duration", "1s"})
@@ -39,6 +40,7 @@ func TestSelfTestJSON(t *testing.T) {
 }
 
 func TestSelfTestTableAndUsage(t *testing.T) {
+	t.Parallel() // in-process self-test on :0 listeners; any verdict is accepted
 	var out, errb bytes.Buffer
 	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: os.Getenv}
 	if code := run(e, []string{"self-test", "--duration", "10ms"}); code != exitUsage {

@@ -257,10 +257,10 @@ func (s *Server) admitPeer(tc *tls.Conn, addr netip.AddrPort, log *zerolog.Logge
 }
 
 // handshake runs the server side of TLS on nc: the ClientHello must start
-// within clientHelloTimeout, the whole handshake within the handshake
+// within the ClientHello timeout (clientHelloTimeout), the whole handshake within the handshake
 // timeout.
 func (s *Server) handshake(nc net.Conn) (*tls.Conn, error) {
-	if err := nc.SetReadDeadline(time.Now().Add(clientHelloTimeout)); err != nil {
+	if err := nc.SetReadDeadline(time.Now().Add(s.helloTimeout)); err != nil {
 		return nil, err
 	}
 	// BatchConn: an attached tunnel connection sends its TLS records in

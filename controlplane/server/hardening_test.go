@@ -239,7 +239,8 @@ func TestPairingTokenLogging(t *testing.T) {
 // is closed after the short ClientHello timeout, long before the
 // handshake timeout (issue 11, item 3).
 func TestClientHelloTimeout(t *testing.T) {
-	h := servertest.Start(t, func(c *config.Config) { c.Limits.HandshakeTimeoutSec = 120 }, server.Options{})
+	h := servertest.Start(t, func(c *config.Config) { c.Limits.HandshakeTimeoutSec = 120 },
+		server.Options{ClientHelloTimeout: shortHelloTimeout(500 * time.Millisecond)})
 	nc, err := net.Dial("tcp", h.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -249,6 +250,15 @@ func TestClientHelloTimeout(t *testing.T) {
 	if n, err := nc.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 		t.Fatalf("silent connection: read %d, %v; want it closed before the 120 s handshake timeout", n, err)
 	}
+}
+
+// shortHelloTimeout is d under -short and zero (the fixed 3 s
+// ClientHello timeout) in the full run, which keeps testing the default.
+func shortHelloTimeout(d time.Duration) time.Duration {
+	if testing.Short() {
+		return d
+	}
+	return 0
 }
 
 func isTimeout(err error) bool {

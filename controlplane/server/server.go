@@ -6,6 +6,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -59,6 +60,10 @@ type Options struct {
 	// in the audit log (one rate_limited line per source); zero means
 	// DefaultDenialAuditInterval.
 	DenialAuditInterval time.Duration
+	// ClientHelloTimeout is how long a new connection may stay silent
+	// before its ClientHello starts; zero means the fixed 3 s (tests
+	// shorten it).
+	ClientHelloTimeout time.Duration
 	// Metrics receives the server's and the session manager's counters;
 	// nil counts nothing. The [metrics] listener serves it when
 	// configured.
@@ -124,6 +129,7 @@ type Server struct {
 	lameDuck atomic.Bool
 
 	denialInterval time.Duration
+	helloTimeout   time.Duration
 
 	handshakeTimeout time.Duration
 	idleTimeout      time.Duration
@@ -173,6 +179,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		limiter:          ratelimit.NewKeyed(limits.NewConnsPerSecPerAddr, limits.NewConnsBurstPerAddr, maxTrackedAddrs, nil),
 		admit:            newAdmission(limits),
 		denialInterval:   opts.DenialAuditInterval,
+		helloTimeout:     cmp.Or(opts.ClientHelloTimeout, clientHelloTimeout),
 		metrics:          opts.Metrics,
 	}
 	s.pairing.OnClose(s.pairingClosed)

@@ -513,10 +513,11 @@ func TestDenialFloodAuditedInAggregate(t *testing.T) {
 		c.Limits.NewConnsPerSecPerAddr = 1000
 		c.Limits.NewConnsBurstPerAddr = 1000
 		c.Limits.MaxHandshakesPerAddr = 1000
-		// The silent connections end at the 3 s ClientHello timeout; the
-		// unknown peers' handshakes get time on a loaded machine.
+		// The silent connections end at the ClientHello timeout (3 s,
+		// 1 s under -short); the unknown peers' handshakes get time on a
+		// loaded machine.
 		c.Limits.HandshakeTimeoutSec = 10
-	}, server.Options{DenialAuditInterval: time.Hour})
+	}, server.Options{DenialAuditInterval: time.Hour, ClientHelloTimeout: shortHelloTimeout(time.Second)})
 	cert, err := identity.NewCertificate(servertest.NewKey(t))
 	if err != nil {
 		t.Fatal(err)

@@ -74,6 +74,9 @@ func TestSessionsDispatch(t *testing.T) {
 	fake := &fakeSessions{}
 	h := servertest.Start(t, func(c *config.Config) {
 		c.Access.AuthorizedPeers = []string{servertest.ID(key).String(), servertest.ID(other).String()}
+		// The fake session never ends: do not wait out the drain grace at
+		// shutdown (lifecycle_test covers the drain).
+		c.Limits.ShutdownGraceSec = 0
 	}, server.Options{NewSessions: func(env server.Env) (server.Sessions, error) {
 		fake.env = env
 		return fake, nil

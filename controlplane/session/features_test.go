@@ -134,6 +134,8 @@ func TestClampRefusedWithoutFeature(t *testing.T) {
 // and the cooldown at once; its start stays in the hour. A client that
 // announced late_start keeps its grant past the claim deadline.
 func TestUnclaimedGrantEnds(t *testing.T) {
+	// Its own fixture (state dir, ports, audit); waits on session clocks.
+	t.Parallel()
 	f := newFixture(t, nil) // max_concurrent_tests 1, cooldown 5 s
 	f.m.claimAfter = 300 * time.Millisecond
 	appliance := f.withFeatures(applianceFeatures...)

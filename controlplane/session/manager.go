@@ -144,6 +144,9 @@ type Manager struct {
 	onWait func()
 	// claimAfter is the claim deadline (claimDeadline; tests shorten it).
 	claimAfter time.Duration
+	// echoGraceAfter is the grace of udp_echo sessions (echoGrace; tests
+	// shorten it).
+	echoGraceAfter time.Duration
 }
 
 // peerBudget is a peer's byte budget and how many sessions (running or
@@ -196,11 +199,12 @@ func New(o Options) (*Manager, error) {
 		cfg: o.Config, audit: meteredAudit{o.Audit, o.Metrics}, metrics: o.Metrics, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
 		root: root, cancelRoot: cancel,
-		active:     map[string]*session{},
-		budgets:    map[identity.EndpointID]*peerBudget{},
-		results:    map[identity.EndpointID][]*link.TestResult{},
-		changed:    make(chan struct{}),
-		claimAfter: claimDeadline,
+		active:         map[string]*session{},
+		budgets:        map[identity.EndpointID]*peerBudget{},
+		results:        map[identity.EndpointID][]*link.TestResult{},
+		changed:        make(chan struct{}),
+		claimAfter:     claimDeadline,
+		echoGraceAfter: echoGrace,
 	}, nil
 }
 
@@ -424,7 +428,7 @@ func (m *Manager) grant(ctx context.Context, peer server.PeerInfo, req link.Sess
 		}
 		return refuse(d.Reason, d.Message, retrySeconds(d.RetryAfter))
 	}
-	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace()), done: make(chan struct{}), budget: budget}
+	s := &session{peer: peer, sp: sp, granted: now, expires: now.Add(sp.duration() + sp.grace(m.echoGraceAfter)), done: make(chan struct{}), budget: budget}
 	var err error
 	if s.id, err = randomHex(16); err == nil {
 		s.token, err = randomToken()

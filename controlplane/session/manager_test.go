@@ -31,26 +31,38 @@ type recorder struct {
 	mu        sync.Mutex
 	events    []audit.Event
 	failGrant bool
-	// stall, when set, delays every write by that long (a slow disk);
-	// stalled counts the writes waiting in it.
+	// stall, when set, delays every write by that long (a slow disk)
+	// or until unstall is closed; stalled counts the writes waiting in it.
 	stall   time.Duration
+	unstall chan struct{}
 	stalled atomic.Int32
 }
 
-// setStall makes every later write wait d.
+// setStall makes every later write wait d; zero also ends the waits of
+// the writes already stalled.
 func (r *recorder) setStall(d time.Duration) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.unstall != nil {
+		close(r.unstall)
+		r.unstall = nil
+	}
 	r.stall = d
-	r.mu.Unlock()
+	if d > 0 {
+		r.unstall = make(chan struct{})
+	}
 }
 
 func (r *recorder) Write(e audit.Event) error {
 	r.mu.Lock()
-	d := r.stall
+	d, unstall := r.stall, r.unstall
 	r.mu.Unlock()
 	if d > 0 {
 		r.stalled.Add(1)
-		time.Sleep(d)
+		select {
+		case <-time.After(d):
+		case <-unstall:
+		}
 		r.stalled.Add(-1)
 	}
 	r.mu.Lock()
@@ -396,7 +408,9 @@ func TestApplianceSequence(t *testing.T) {
 }
 
 func TestBusyAndCooldownAndHourly(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, func(c *config.Config) { c.Quotas.MaxTestsPerHourPerPeer = 2 })
+	f.m.echoGraceAfter = 200 * time.Millisecond // the echo sessions below run no probes
 	ctx := context.Background()
 	g := mustGrant(t, f.m.Request(ctx, f.peer, throughputReq(30, 1, false)))
 
@@ -502,6 +516,7 @@ func TestForeignSourceRefused(t *testing.T) {
 }
 
 func TestEchoSession(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, func(c *config.Config) { c.Quotas.EchoMaxPPS = 200 })
 	g := mustGrant(t, f.m.Request(context.Background(), f.peer, link.SessionRequest{
 		TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 2, Timestamped: ptr(true)},
@@ -675,7 +690,9 @@ func TestClampedGrant(t *testing.T) {
 // held by the same peer's session waits for it to end instead of being
 // refused busy (the appliance asks at once after its iperf3 client exits).
 func TestSamePeerWaitsForItsEndingSession(t *testing.T) {
+	t.Parallel() // its own fixture (state dir, ports, audit); waits on session clocks
 	f := newFixture(t, nil)
+	f.m.echoGraceAfter = 200 * time.Millisecond // the second session runs no probes
 	ctx := context.Background()
 	g := mustGrant(t, f.m.Request(ctx, f.peer, link.SessionRequest{TestType: link.TestUDPEcho, Params: link.TestParams{DurationSec: 30}}))
 	// Make the first session count as completed so the cooldown is not

@@ -35,10 +35,11 @@ type spec struct {
 // duration is the granted test duration.
 func (s *spec) duration() time.Duration { return time.Duration(s.DurationSec) * time.Second }
 
-// grace is the time added to the duration for the hard deadline.
-func (s *spec) grace() time.Duration {
+// grace is the time added to the duration for the hard deadline; echo is
+// the grace of udp_echo sessions (echoGrace unless a test shortened it).
+func (s *spec) grace(echo time.Duration) time.Duration {
 	if s.TestType == link.TestUDPEcho {
-		return echoGrace
+		return echo
 	}
 	return throughputGrace
 }

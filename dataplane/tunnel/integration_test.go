@@ -197,6 +197,9 @@ func (d *tunnelDialer) close() {
 }
 
 func TestIperf3ThroughTunnel(t *testing.T) {
+	// Its own servers on :0, beside the tests that only wait; the cases
+	// stay sequential (the UDP ones check loss).
+	t.Parallel()
 	const sec = time.Second
 	cases := []struct {
 		name string

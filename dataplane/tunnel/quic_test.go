@@ -102,6 +102,7 @@ func TestQUICAttachAccepted(t *testing.T) {
 }
 
 func TestQUICAttachRefused(t *testing.T) {
+	t.Parallel() // its own listener on :0; waits for the close
 	_, dial, sessions := startQUIC(t)
 	cli := dial(t)
 	reply, err := cli.Attach(context.Background(), []byte("wrong token"))
@@ -386,6 +387,7 @@ func TestQUICReceiveQueueDropsCounted(t *testing.T) {
 }
 
 func TestQUICUDPUnreachable(t *testing.T) {
+	t.Parallel() // no server; waits for the unreachable report
 	// A UDP port with nothing listening: bind one and close it.
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
