@@ -198,12 +198,13 @@ func New(o Options) (*Manager, error) {
 	return &Manager{
 		cfg: o.Config, audit: meteredAudit{o.Audit, o.Metrics}, metrics: o.Metrics, quota: o.Quota, ports: o.Ports,
 		log: o.Logger, now: now, openUDP: o.openUDP, host: host,
-		root: root, cancelRoot: cancel, echoGraceAfter: echoGrace,
-		active:     map[string]*session{},
-		budgets:    map[identity.EndpointID]*peerBudget{},
-		results:    map[identity.EndpointID][]*link.TestResult{},
-		changed:    make(chan struct{}),
-		claimAfter: claimDeadline,
+		root: root, cancelRoot: cancel,
+		active:         map[string]*session{},
+		budgets:        map[identity.EndpointID]*peerBudget{},
+		results:        map[identity.EndpointID][]*link.TestResult{},
+		changed:        make(chan struct{}),
+		claimAfter:     claimDeadline,
+		echoGraceAfter: echoGrace,
 	}, nil
 }
 
