@@ -257,7 +257,7 @@ func (s *Server) admitPeer(tc *tls.Conn, addr netip.AddrPort, log *zerolog.Logge
 }
 
 // handshake runs the server side of TLS on nc: the ClientHello must start
-// within the ClientHello timeout (clientHelloTimeout), the whole handshake within the handshake
+// within s.helloTimeout, the whole handshake within the handshake
 // timeout.
 func (s *Server) handshake(nc net.Conn) (*tls.Conn, error) {
 	if err := nc.SetReadDeadline(time.Now().Add(s.helloTimeout)); err != nil {
