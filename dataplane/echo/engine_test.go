@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,12 +54,29 @@ func dial(t *testing.T, e *Engine, local string) *net.UDPConn {
 	return c
 }
 
-// checkInvariant asserts that every received datagram is accounted for.
-func checkInvariant(t *testing.T, s Stats) {
+// settledStats returns the engine's counters once the batch in flight has
+// been counted (a reader adds Received before its echoes are written and
+// counted, so a snapshot taken just as the prober got its last reply may
+// lag by that batch), and asserts that every received datagram is
+// accounted for.
+func settledStats(t *testing.T, e *Engine) Stats {
 	t.Helper()
-	if sum := s.Echoed + s.DroppedForeign + s.DroppedRate + s.DroppedTruncated + s.SendErrors; sum != s.Received {
-		t.Fatalf("stats %+v: outcomes sum to %d, received %d", s, sum, s.Received)
+	outcomes := func(s Stats) uint64 {
+		return s.Echoed + s.DroppedForeign + s.DroppedRate + s.DroppedTruncated + s.SendErrors
 	}
+	var s Stats
+	ok := false
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok && time.Now().Before(deadline) {
+		prev := e.Stats()
+		time.Sleep(5 * time.Millisecond)
+		s = e.Stats()
+		ok = s == prev && outcomes(s) == s.Received
+	}
+	if !ok {
+		t.Fatalf("stats %+v: outcomes sum to %d, received %d", s, outcomes(s), s.Received)
+	}
+	return s
 }
 
 // TestLoopback100k sends 100k probes at a high rate. On a shared, loaded
@@ -85,8 +104,7 @@ func TestLoopback100k(t *testing.T) {
 		res.RTTP90 <= res.RTTP99 && res.RTTP99 <= res.RTTMax && res.RTTMin <= res.RTTAvg && res.RTTAvg <= res.RTTMax) {
 		t.Fatalf("RTT statistics out of order: %+v", res)
 	}
-	s := e.Stats()
-	checkInvariant(t, s)
+	s := settledStats(t, e)
 	// Probes lost on the way in never reach the engine; echoes lost on the
 	// way back never reach the prober: the counters can only shrink along
 	// the path, and every echo carries the probe's 64 bytes.
@@ -104,10 +122,9 @@ func TestRateClamp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := e.Stats()
-	checkInvariant(t, s)
-	if s.Received != res.Sent || s.Echoed != res.Received || res.Corrupt != 0 {
-		t.Fatalf("engine %+v vs probe %+v: every probe must arrive and every echo return", s, res)
+	s := settledStats(t, e)
+	if s.Received > res.Sent || s.Echoed < res.Received || res.Corrupt != 0 || s.Received < res.Sent*9/10 {
+		t.Fatalf("engine %+v vs probe %+v: the counters can only shrink along the path (and loopback loses at most a few)", s, res)
 	}
 	// The clamp admits its burst (a tenth of a second) plus MaxPPS for
 	// the time the probes took to arrive; generous bounds both ways.
@@ -138,13 +155,12 @@ func TestForeignSourceDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Received != 500 || res.Corrupt != 0 {
-		t.Fatalf("allowed peer: %+v, want all 500 back", res)
+	if res.Received == 0 || res.Received+res.Lost != 500 || res.Corrupt != 0 {
+		t.Fatalf("allowed peer: %+v, want its probes back intact or counted lost", res)
 	}
-	s := e.Stats()
-	checkInvariant(t, s)
-	if s.DroppedForeign != n || s.Echoed != 500 {
-		t.Fatalf("stats %+v: want %d foreign dropped, 500 echoed", s, n)
+	s := settledStats(t, e)
+	if s.DroppedForeign != n || s.Echoed < res.Received || s.Echoed > 500 {
+		t.Fatalf("stats %+v vs probe %+v: want %d foreign dropped, every echo the prober got counted", s, res, n)
 	}
 	// Nothing was ever sent to the foreign socket: its queue is empty.
 	if err := foreign.SetReadDeadline(time.Now()); err != nil {
@@ -272,12 +288,16 @@ func TestReusePortReaders(t *testing.T) {
 	// Several flows, so the kernel's hash spreads them over the sockets.
 	const flows, per = 6, 300
 	errc := make(chan error, flows)
+	var got atomic.Uint64
 	for range flows {
 		c := dial(t, e, "127.0.0.1")
 		go func() {
 			res, err := Probe(context.Background(), c, ProbeConfig{Rate: 5000, Size: 64, Count: per}, nil)
-			if err == nil && (res.Received != per || res.Corrupt != 0) {
-				err = errors.New("flow lost or corrupted probes")
+			if err == nil && (res.Received == 0 || res.Received+res.Lost != per || res.Corrupt != 0) {
+				err = fmt.Errorf("flow: %+v: probes must come back intact or be counted lost", *res)
+			}
+			if err == nil {
+				got.Add(res.Received)
 			}
 			errc <- err
 		}()
@@ -287,8 +307,10 @@ func TestReusePortReaders(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if s := e.Stats(); s.Echoed != flows*per {
-		t.Fatalf("echoed %d, want %d", s.Echoed, flows*per)
+	// Every flow was answered (whichever socket the kernel hashed it to),
+	// and every echo a prober got was counted by the engine.
+	if s := settledStats(t, e); s.Echoed < got.Load() || s.Echoed > flows*per {
+		t.Fatalf("echoed %d, probers got %d of %d", s.Echoed, got.Load(), flows*per)
 	}
 }
 
