@@ -50,21 +50,27 @@ func TestByteBudget(t *testing.T) {
 	}
 }
 
-// TestByteBudgetExhaustedAtLastByte: taking or spending the last byte
-// closes Exhausted at once, without another taker having to find the
-// budget empty (the streams may all have ended with the client, and the
-// session would then report client_gone instead of quota_exceeded).
-func TestByteBudgetExhaustedAtLastByte(t *testing.T) {
-	for name, use := range map[string]func(b *ByteBudget){
-		"take":  func(b *ByteBudget) { b.take(1 << 20) },
-		"spend": func(b *ByteBudget) { b.spend(1000) },
-	} {
-		b := NewByteBudget(1000)
-		use(b)
-		select {
-		case <-b.Exhausted():
-		default:
-			t.Errorf("%s of the last byte left Exhausted open", name)
-		}
+// TestByteBudgetLastByte: spending the last byte closes Exhausted at once;
+// taking it makes Spent true (a taker may still give some back, so
+// Exhausted waits for the next taker), and giving back makes it false.
+func TestByteBudgetLastByte(t *testing.T) {
+	b := NewByteBudget(1000)
+	b.spend(1000)
+	select {
+	case <-b.Exhausted():
+	default:
+		t.Error("spending the last byte left Exhausted open")
+	}
+	b = NewByteBudget(1000)
+	if b.take(1<<20) != 1000 || !b.Spent() {
+		t.Fatalf("taking the last byte: left %d, Spent %v", b.Left(), b.Spent())
+	}
+	b.give(10)
+	if b.Spent() {
+		t.Error("Spent after 10 bytes were given back")
+	}
+	var unlimited *ByteBudget
+	if unlimited.Spent() {
+		t.Error("a nil budget is spent")
 	}
 }

@@ -604,10 +604,10 @@ loop:
 		}
 	}
 	tick.Stop()
-	if budgetSpent(spent) {
-		// The engine's streams found the budget spent and the test ended
-		// (the client saw its streams cut) before the loop saw it: the
-		// cut-off is still the reason.
+	if !cut && s.budget.Spent() {
+		// The engine's streams used the whole budget and the test ended
+		// (the client saw its streams cut) before the loop saw Exhausted,
+		// or before any stream asked again: the cut-off is the reason.
 		m.account(s)
 		cutOff()
 		o.reason, o.completed = EndQuotaExceeded, false
@@ -618,17 +618,6 @@ loop:
 	// request (quota_exceeded) rather than reported as a cut-off.
 	m.account(s)
 	m.finish(s, o)
-}
-
-// budgetSpent reports whether spent (a budget's Exhausted channel, nil
-// once handled) is closed.
-func budgetSpent(spent <-chan struct{}) bool {
-	select {
-	case <-spent:
-		return true
-	default:
-		return false
-	}
 }
 
 // account adds the bytes s moved since the last call to the peer's quota

@@ -465,9 +465,7 @@ func TestByteBudgetCutOff(t *testing.T) {
 	if took := time.Since(start); took > 9*time.Second {
 		t.Fatalf("the test ran %v: not cut off", took)
 	}
-	// Cut within 1% of the budget either way: the engine stops as the last
-	// byte is reserved, and a short last read may give a little back.
-	if b := *ev.BytesTransferred; ev.Reason != EndQuotaExceeded || b < budget*99/100 || b > budget*101/100 {
+	if b := *ev.BytesTransferred; ev.Reason != EndQuotaExceeded || b < budget || b > budget*101/100 {
 		t.Fatalf("completed event %+v (bytes %d, budget %d)", ev, b, budget)
 	}
 	if qe := f.audit.find(audit.QuotaExceeded, g.TestID); qe == nil {
