@@ -34,11 +34,6 @@ func NewByteBudget(n int64) *ByteBudget {
 	return b
 }
 
-// Spent reports whether nothing is left: every byte was taken and not given
-// back (a nil budget never is). Exhausted may still be open if no stream
-// asked again after the last byte was taken.
-func (b *ByteBudget) Spent() bool { return b != nil && b.left.Load() <= 0 }
-
 // Left returns the bytes not yet taken.
 func (b *ByteBudget) Left() int64 { return max(b.left.Load(), 0) }
 

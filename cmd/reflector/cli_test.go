@@ -81,16 +81,17 @@ func TestGuideCommandsAsWritten(t *testing.T) {
 	st := waitServing(t, p, env, cfg)
 
 	// journalctl -u reflector | grep "Endpoint ID": the JSON message text.
-	var found bool
-	for _, l := range strings.Split(p.stdout.String(), "\n") {
-		var m struct{ Message string }
-		if json.Unmarshal([]byte(l), &m) == nil && strings.Contains(m.Message, "Endpoint ID "+st.EndpointID) {
-			found = true
+	// The admin socket (status) may answer before the banner is logged.
+	named := func() bool {
+		for _, l := range strings.Split(p.stdout.String(), "\n") {
+			var m struct{ Message string }
+			if json.Unmarshal([]byte(l), &m) == nil && strings.Contains(m.Message, "Endpoint ID "+st.EndpointID) {
+				return true
+			}
 		}
+		return false
 	}
-	if !found {
-		t.Fatalf("no start-up log message names \"Endpoint ID %s\":\n%s", st.EndpointID, p.stdout.String())
-	}
+	testutil.Eventually(t, 10*time.Second, "a start-up log message names \"Endpoint ID "+st.EndpointID+"\"", named)
 	if r := runBin(t, env, "-c", cfg, "status"); r.code != 0 || !strings.Contains(r.stdout, "Health:       ok") {
 		t.Fatalf("reflector -c FILE status: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}

@@ -604,19 +604,17 @@ loop:
 		}
 	}
 	tick.Stop()
-	if !cut && s.budget.Spent() {
-		// The engine's streams used the whole budget and the test ended
-		// (the client saw its streams cut) before the loop saw Exhausted,
-		// or before any stream asked again: the cut-off is the reason.
-		m.account(s)
-		cutOff()
-		o.reason, o.completed = EndQuotaExceeded, false
-	}
 	s.eng.close()
 	m.release(s)
-	// The final count; a budget crossed only now is refused at the next
-	// request (quota_exceeded) rather than reported as a cut-off.
-	m.account(s)
+	// The final count. A test that did not end normally and used up the
+	// budget was cut by it: its streams stopped at the budget and the
+	// client, seeing them cut, left before the loop saw Exhausted. A test
+	// that completed normally keeps its reason; the next request is refused
+	// quota_exceeded either way.
+	if m.account(s) && !cut && !o.completed {
+		m.cutOff(s)
+		o.reason = EndQuotaExceeded
+	}
 	m.finish(s, o)
 }
 
