@@ -36,7 +36,8 @@ type fakeServer struct {
 	wg   sync.WaitGroup
 }
 
-func startFake(t *testing.T, answer func(link.Message) link.Message) *fakeServer {
+// listenTLS listens on loopback as a pp-link/1 server with a fresh key.
+func listenTLS(t *testing.T) (net.Listener, ed25519.PrivateKey) {
 	t.Helper()
 	key := newKey(t)
 	cert, err := identity.NewCertificate(key)
@@ -47,6 +48,12 @@ func startFake(t *testing.T, answer func(link.Message) link.Message) *fakeServer
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ln, key
+}
+
+func startFake(t *testing.T, answer func(link.Message) link.Message) *fakeServer {
+	t.Helper()
+	ln, key := listenTLS(t)
 	f := &fakeServer{addr: ln.Addr().String(), id: identity.IDFromPublicKey(key.Public().(ed25519.PublicKey))}
 	f.wg.Add(1)
 	go func() {
@@ -210,15 +217,7 @@ func TestHelloFeatures(t *testing.T) {
 // sends one error frame (here before it read anything, with an empty
 // request_id) and closes; Hello returns that message, not EOF.
 func TestServerErrorFrameBeforeClose(t *testing.T) {
-	key := newKey(t)
-	cert, err := identity.NewCertificate(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerTLSConfig(cert, link.ALPN))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, _ := listenTLS(t)
 	defer ln.Close()
 	const why = "not authorized by PP-TEST: pair first with reflector pair-with"
 	done := make(chan struct{})
