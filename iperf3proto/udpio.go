@@ -225,18 +225,34 @@ func paceRound(bps uint64, blk, capacity int) int {
 	return max(1, min(capacity, per))
 }
 
+// udpSendOpts are the settings of one UDP sender.
+type udpSendOpts struct {
+	blk       int    // datagram size
+	sendBytes int    // most datagram bytes per send call
+	c64       bool   // 64-bit sequence numbers
+	bps       uint64 // rate limit, 0 for none
+	gate      bool   // hold an unlimited sender to a local receiver's room
+}
+
 // runUDPSender sends datagrams with the iperf3 header, up to sendBytes
 // per call, until stop, an unrecoverable error or the budget.
-func (s *stream) runUDPSender(p *payload, blk, sendBytes int, c64 bool, bps uint64, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
+func (s *stream) runUDPSender(p *payload, o udpSendOpts, lim *sendLimit, meter *atomic.Int64, stop <-chan struct{}) {
 	defer close(s.done)
+	blk := o.blk
 	wio, gso := batchIO(s.conn, udpMaxMsgs, false)
-	u := &udpSender{io: wio, blk: blk, maxBytes: sendBytes, c64: c64}
+	u := &udpSender{io: wio, blk: blk, maxBytes: o.sendBytes, c64: o.c64}
 	segs := 1
 	if gso {
 		segs = gsoSegments(blk)
 	}
 	u.layout(p.bytes(), segs)
-	pc := pacer{bps: bps, start: time.Now()}
+	var gate *localGate
+	if o.gate && o.bps == 0 {
+		if gate = newLocalGate(s.conn, blk); gate != nil {
+			defer gate.close()
+		}
+	}
+	pc := pacer{bps: o.bps, start: time.Now()}
 	var seq uint64
 	softErrors := 0
 	for {
@@ -245,7 +261,12 @@ func (s *stream) runUDPSender(p *payload, blk, sendBytes int, c64 bool, bps uint
 			return
 		default:
 		}
-		k := paceRound(bps, blk, u.capacity())
+		k := paceRound(o.bps, blk, u.capacity())
+		if gate != nil {
+			if k = gate.admit(k, stop); k == 0 {
+				return
+			}
+		}
 		allowed := lim.take(k * blk)
 		if allowed == 0 {
 			return
