@@ -86,8 +86,12 @@ func newLocalGate(conn net.Conn, blk int) *localGate {
 
 // admit returns how many of k datagrams may go now, waiting while the
 // receiver has no room for a worthwhile batch; 0 once stop is closed.
-// When the receiver can no longer be seen (it closed), all k may go.
+// When the receiver can no longer be seen (it closed), or g is nil (no
+// gate), all k may go.
 func (g *localGate) admit(k int, stop <-chan struct{}) int {
+	if g == nil {
+		return k
+	}
 	napped := false
 	for {
 		select {
@@ -121,8 +125,11 @@ func (g *localGate) admit(k int, stop <-chan struct{}) int {
 	}
 }
 
-// close releases the gate.
+// close releases the gate (nil: nothing to do).
 func (g *localGate) close() {
+	if g == nil {
+		return
+	}
 	g.nap.Stop()
 	_ = g.q.Close()
 }

@@ -248,10 +248,9 @@ func (s *stream) runUDPSender(p *payload, o udpSendOpts, lim *sendLimit, meter *
 	u.layout(p.bytes(), segs)
 	var gate *localGate
 	if o.gate && o.bps == 0 {
-		if gate = newLocalGate(s.conn, blk); gate != nil {
-			defer gate.close()
-		}
+		gate = newLocalGate(s.conn, blk)
 	}
+	defer gate.close()
 	pc := pacer{bps: o.bps, start: time.Now()}
 	var seq uint64
 	softErrors := 0
@@ -261,11 +260,9 @@ func (s *stream) runUDPSender(p *payload, o udpSendOpts, lim *sendLimit, meter *
 			return
 		default:
 		}
-		k := paceRound(o.bps, blk, u.capacity())
-		if gate != nil {
-			if k = gate.admit(k, stop); k == 0 {
-				return
-			}
+		k := gate.admit(paceRound(o.bps, blk, u.capacity()), stop)
+		if k == 0 {
+			return
 		}
 		allowed := lim.take(k * blk)
 		if allowed == 0 {
