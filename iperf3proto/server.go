@@ -505,6 +505,7 @@ func (t *test) applyLimits() error {
 	t.set = newStreamSet(p, &t.srv.sent, &t.srv.received, serverRcvLowat)
 	t.set.budget = t.cfg.Budget
 	t.set.closeAtEnd = true
+	t.set.gateLocal = p.GRO == 0 // see localgate.go
 	t.retrans = t.senderHasRetransmits() == 1
 	return nil
 }

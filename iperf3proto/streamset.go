@@ -21,6 +21,10 @@ type streamSet struct {
 	// closeAtEnd closes TCP streams in end (the server does; a client
 	// closing them while a stock server still sends makes it abort).
 	closeAtEnd bool
+	// gateLocal holds unlimited UDP senders to a local receiver's free
+	// room (localGate). The server sets it for clients that receive
+	// without GRO; a client cannot tell how the server receives.
+	gateLocal bool
 
 	// budget, when set, bounds the bytes every stream moves (ByteBudget).
 	budget *ByteBudget
@@ -115,7 +119,7 @@ func (s *streamSet) startWorker(st *stream) {
 	recvBatch, sendBytes := udpBatchSizes(len(s.streams))
 	switch {
 	case st.sender && p.UDP:
-		go st.runUDPSender(s.pl, p.BlockLen(), sendBytes, p.UDPCounters64Bit, p.Bandwidth, s.lim, s.sent, s.stop)
+		go st.runUDPSender(s.pl, udpSendOpts{blk: p.BlockLen(), sendBytes: sendBytes, c64: p.UDPCounters64Bit, bps: p.Bandwidth, gate: s.gateLocal}, s.lim, s.sent, s.stop)
 	case st.sender:
 		go st.runTCPSender(s.pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, s.lim, s.sent, s.stop)
 	case p.UDP:

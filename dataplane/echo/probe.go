@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/packetparamedic/reflector/internal/finesleep"
 )
 
 // Probe limits and defaults.
@@ -283,8 +285,8 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	timer.Stop()
 	defer timer.Stop()
 	done := ctx.Done()
-	pace := newPacer()
-	defer pace.stop()
+	pace := finesleep.New()
+	defer pace.Stop()
 	for seq := uint64(0); ; seq++ {
 		if p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) {
 			return nil
@@ -311,9 +313,9 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 // waitUntil blocks until offset due of the run and reports true, or
 // reports false as soon as done is closed. Waits longer than coarseWait
 // sleep on timer until about coarseWait before due, so cancellation stays
-// prompt; the rest is slept by the pacer, which, unlike a Go timer, keeps
-// sub-millisecond gaps.
-func (p *prober) waitUntil(due time.Duration, pace *pacer, timer *time.Timer, done <-chan struct{}) bool {
+// prompt; the rest is slept by pace (finesleep), which, unlike a Go timer,
+// keeps sub-millisecond gaps.
+func (p *prober) waitUntil(due time.Duration, pace *finesleep.Sleeper, timer *time.Timer, done <-chan struct{}) bool {
 	for {
 		select {
 		case <-done:
@@ -332,7 +334,7 @@ func (p *prober) waitUntil(due time.Duration, pace *pacer, timer *time.Timer, do
 			case <-timer.C:
 			}
 		default:
-			pace.sleep(wait)
+			pace.Sleep(wait)
 		}
 	}
 }
