@@ -123,6 +123,7 @@ func (s *streamSet) startWorker(st *stream) {
 	case st.sender:
 		go st.runTCPSender(s.pl, sendChunk(p.BlockLen(), p.Bandwidth, p.ZeroCopy), p.Bandwidth, s.lim, s.sent, s.stop)
 	case p.UDP:
+		st.conn = detachReceiver(st.conn, recvBatch)
 		go st.runUDPReceiver(p.UDPCounters64Bit, recvBatch, s.received)
 	default:
 		go st.runTCPReceiver(s.rcvLowat, s.received)

@@ -2,6 +2,9 @@ package iperf3proto
 
 import (
 	"math"
+	"net"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -128,5 +131,71 @@ func TestUDPBatchSizes(t *testing.T) {
 	}
 	if r, snd := udpBatchSizes(1); r != udpRecvBatch || snd != udpSendBytes {
 		t.Errorf("one stream gets %d, %d; want the full %d, %d", r, snd, udpRecvBatch, udpSendBytes)
+	}
+}
+
+// TestUDPReceiverDetached: a receiving UDP stream is read outside the
+// netpoller (detachReceiver) and still counts every datagram exactly
+// (a gap filled late is one out-of-order and no loss), stops counting at
+// the test's end while it keeps draining, and closing the set wakes the
+// reader blocked on an idle socket.
+func TestUDPReceiverDetached(t *testing.T) {
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setUDPRecvBuffer(srv)
+	cli, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var sent, recv atomic.Int64
+	s := newStreamSet(Params{UDP: true}, &sent, &recv, 0)
+	st := s.add(srv, false)
+	s.begin(time.Now())
+	s.startWorkers(false)
+	if _, ok := st.conn.(detachedConn); !ok {
+		t.Fatalf("receiver conn is %T, want detachedConn", st.conn)
+	}
+	const n, size, late = 600, 200, 251
+	send := func(seq uint64) {
+		b := make([]byte, size)
+		_, _ = UDPHeader{Seq: seq}.Encode(b, false)
+		if _, err := cli.Write(b); err != nil {
+			t.Fatalf("send %d: %v", seq, err)
+		}
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	packets := func() uint64 { st.mu.Lock(); defer st.mu.Unlock(); return st.stats.Packets }
+	for seq := uint64(1); seq <= n; seq++ {
+		if seq != late {
+			send(seq)
+		}
+		if seq%50 == 0 { // in steps the receive buffer holds even under load
+			waitFor("datagrams up to "+strconv.FormatUint(seq, 10), func() bool { return packets() == seq })
+		}
+	}
+	send(late)
+	waitFor("the late datagram", func() bool { return st.bytes.Load() == n*size })
+	s.end(false)
+	send(n + 1) // after the end: drained, not counted
+	r := st.results()
+	if r.Packets != n || r.Errors != 0 || st.endOOO != 1 || r.Bytes != n*size || recv.Load() != n*size {
+		t.Fatalf("packets %d lost %d ooo %d bytes %d (meter %d); want %d 0 1 %d", r.Packets, r.Errors, st.endOOO, r.Bytes, recv.Load(), n, n*size)
+	}
+	closed := make(chan struct{})
+	go func() { s.close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the set did not end the detached receiver")
 	}
 }

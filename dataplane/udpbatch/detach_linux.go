@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,98 @@ func Detach(c *net.UDPConn, batch int) (*Detached, error) {
 type Detached struct {
 	*Conn
 	fd *pollFD
+	co coalescer
+}
+
+// truesizeExtra is about what the kernel charges a received datagram's
+// buffer beyond its payload (socket buffer bookkeeping, the skb truesize).
+const truesizeExtra = 1 << 10
+
+// minPause is the shortest pause worth a sleep and a wake-up.
+const minPause = 10 * time.Microsecond
+
+// coalescer holds the state of Detached.Coalesce.
+type coalescer struct {
+	mu    sync.Mutex    // serializes ReadBatch while coalescing
+	pause time.Duration // the longest pause; 0: off
+	limit int           // receive buffer bytes one pause may let in: a sixteenth
+	nap   time.Duration // the pause before the next read (0: none)
+	taken int           // buffer bytes read since start (payload plus truesizeExtra)
+	start time.Time     // when the reads since the last decision began
+	now   func() time.Time
+}
+
+// Coalesce turns on software interrupt coalescing for ReadBatch: after a
+// read that did not fill the batch, the next ReadBatch first sleeps in the
+// kernel (nanosleep(2) on the calling thread) and then reads. A sender of
+// small datagrams then finds the reader neither waiting in poll nor
+// needing a wake-up per datagram (on loopback the sending CPU pays for
+// waking the reader), and the reader takes what arrived meanwhile in one
+// call. The kernel's receive timestamps (EnableRxTimestamps) keep arrival
+// times exact. The pause lasts at most pause, and at the rate data came in
+// since the previous decision it lets in at most a sixteenth of the
+// socket's receive buffer, so it does not overflow it; where that is
+// shorter than minPause there is none. Call Coalesce before reading; a
+// pause of 0 turns coalescing off.
+func (d *Detached) Coalesce(pause time.Duration) error {
+	rcvbuf := 0
+	var serr error
+	if err := d.fd.Control(func(fd uintptr) { rcvbuf, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) }); err != nil {
+		serr = err
+	}
+	if serr != nil {
+		return fmt.Errorf("coalesce: read SO_RCVBUF: %w", serr)
+	}
+	c := &d.co
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pause, c.limit, c.nap, c.taken, c.now = max(pause, 0), rcvbuf/16, 0, 0, time.Now
+	c.start = c.now()
+	return nil
+}
+
+// ReadBatch is Conn.ReadBatch, after the pause Coalesce decided on.
+func (d *Detached) ReadBatch(msgs []Message) (int, error) {
+	c := &d.co
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pause == 0 {
+		return d.Conn.ReadBatch(msgs)
+	}
+	if c.nap > 0 {
+		ts := unix.NsecToTimespec(int64(c.nap))
+		c.nap = 0
+		_ = unix.Nanosleep(&ts, nil) // EINTR: a shorter pause
+	}
+	n, err := d.Conn.ReadBatch(msgs)
+	if err == nil {
+		c.decide(msgs[:n], n == min(len(msgs), d.batch))
+	}
+	return n, err
+}
+
+// decide accounts a read of msgs and, unless it filled the batch (full),
+// decides how long the next read pauses first.
+func (c *coalescer) decide(msgs []Message, full bool) {
+	for i := range msgs {
+		c.taken += msgs[i].N + truesizeExtra
+	}
+	if full {
+		return
+	}
+	now := c.now()
+	since := min(now.Sub(c.start), time.Second)
+	nap := c.pause
+	if c.taken > 0 {
+		// The limit at the recent rate; a pause overrun several times
+		// (timer slack, a busy CPU) still fits the buffer.
+		nap = min(nap, time.Duration(int64(c.limit)*int64(since)/int64(c.taken)))
+	}
+	c.nap = 0
+	if nap >= minPause {
+		c.nap = nap
+	}
+	c.taken, c.start = 0, now
 }
 
 // Close shuts the socket down, waits for blocked calls to return and

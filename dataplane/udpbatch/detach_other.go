@@ -4,7 +4,9 @@ package udpbatch
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"time"
 )
 
 // Detach returns a Conn over c: outside Linux the socket stays with Go's
@@ -24,4 +26,10 @@ func (d *Detached) Close() error {
 		return err
 	}
 	return nil
+}
+
+// Coalesce is not available outside Linux: reads go through the netpoller
+// and the error matches ErrUnsupported.
+func (d *Detached) Coalesce(time.Duration) error {
+	return fmt.Errorf("coalesce: %w", ErrUnsupported)
 }
