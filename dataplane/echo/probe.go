@@ -277,6 +277,12 @@ func (p *prober) due(i uint64) time.Duration {
 	return time.Duration(i/r)*time.Second + time.Duration(i%r*uint64(time.Second)/r)
 }
 
+// scheduleEnds reports whether the run ends before probe seq (Count or
+// Duration reached).
+func (p *prober) scheduleEnds(seq uint64) bool {
+	return p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) || p.cfg.Duration > 0 && p.due(seq) >= p.cfg.Duration
+}
+
 func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	buf := make([]byte, p.cfg.Size)
 	timer := time.NewTimer(time.Hour)
@@ -286,14 +292,10 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	pace := newPacer()
 	defer pace.stop()
 	for seq := uint64(0); ; seq++ {
-		if p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) {
+		if p.scheduleEnds(seq) {
 			return nil
 		}
-		due := p.due(seq)
-		if p.cfg.Duration > 0 && due >= p.cfg.Duration {
-			return nil
-		}
-		if !p.waitUntil(due, pace, timer, done) {
+		if !p.waitUntil(p.due(seq), pace, timer, done) {
 			return nil
 		}
 		h := Header{Seq: seq, ClientSend: int64(time.Since(p.start))}
