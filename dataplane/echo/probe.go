@@ -99,9 +99,10 @@ type ProbeResult struct {
 
 // Probe runs cfg over conn, a connected datagram socket to an echo server,
 // and returns the result. If conn has SetReadBuffer/SetWriteBuffer (as
-// *net.UDPConn does) they are raised to SocketBuffer. Probe uses conn's
-// read deadline to stop its receiver and clears it before returning; it
-// does not close conn. progress, if not nil, is called about every
+// *net.UDPConn does) they are raised to SocketBuffer. Where it cannot run
+// on conn's descriptor (a syscall.Conn on Linux, see DialUDP) Probe uses
+// conn's read deadline to stop its receiver and clears it before
+// returning. It does not close conn. progress, if not nil, is called about every
 // ProgressInterval from a goroutine of its own, never concurrently with
 // itself. When ctx ends the run early, Probe returns what it measured so
 // far together with ctx's error.
@@ -119,13 +120,15 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 	if s, ok := conn.(interface{ SetWriteBuffer(int) error }); ok {
 		_ = s.SetWriteBuffer(SocketBuffer)
 	}
-	if err := conn.SetReadDeadline(time.Time{}); err != nil {
-		return nil, fmt.Errorf("probe: clear read deadline: %w", err)
+	loop := newThreadLoop(conn)
+	if loop == nil {
+		if err := conn.SetReadDeadline(time.Time{}); err != nil {
+			return nil, fmt.Errorf("probe: clear read deadline: %w", err)
+		}
 	}
 
 	p := newProber(cfg)
 	recvDone := make(chan error, 1)
-	loop := newThreadLoop(conn)
 	var sendDone chan error
 	if loop != nil {
 		defer loop.close()
@@ -163,15 +166,19 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 		t.Stop()
 	}
 	p.stopping.Store(true)
+	var deadlineErr error
 	if loop != nil {
 		loop.wake()
+	} else {
+		deadlineErr = conn.SetReadDeadline(time.Now())
 	}
-	deadlineErr := conn.SetReadDeadline(time.Now())
 	recvErr := <-recvDone
 	close(progStop)
 	<-progDone
-	if err := conn.SetReadDeadline(time.Time{}); err != nil && deadlineErr == nil {
-		deadlineErr = err
+	if loop == nil {
+		if err := conn.SetReadDeadline(time.Time{}); err != nil && deadlineErr == nil {
+			deadlineErr = err
+		}
 	}
 	res := p.result()
 	switch {
