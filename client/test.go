@@ -221,10 +221,9 @@ func (c *Client) echoConn(ctx context.Context, host string, g *link.SessionGrant
 	if err != nil {
 		return nil, "", err
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "udp", addr)
+	conn, err := echo.DialUDP(ctx, addr)
 	if err != nil {
-		return nil, "", fmt.Errorf("echo dial %s: %w", addr, err)
+		return nil, "", err
 	}
 	return conn, addr, nil
 }

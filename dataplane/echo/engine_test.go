@@ -79,17 +79,35 @@ func settledStats(t *testing.T, e *Engine) Stats {
 	return s
 }
 
-// TestLoopback100k sends 100k probes at a high rate. On a shared, loaded
-// host the kernel may drop some on either way, so it asserts accounting,
-// not loss: every probe comes back bit-identical or is counted lost, and
-// the engine's counters agree with what the prober saw.
+// TestLoopback100k sends 100k probes at a high rate, over a plain
+// *net.UDPConn and over DialUDP's socket. On a shared, loaded host the
+// kernel may drop some on either way, so it asserts accounting, not loss:
+// every probe comes back bit-identical or is counted lost, and the
+// engine's counters agree with what the prober saw.
 func TestLoopback100k(t *testing.T) {
+	conns := map[string]func(t *testing.T, e *Engine) net.Conn{
+		"UDPConn": func(t *testing.T, e *Engine) net.Conn { return dial(t, e, "127.0.0.1") },
+		"DialUDP": func(t *testing.T, e *Engine) net.Conn {
+			c, err := DialUDP(context.Background(), e.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		},
+	}
+	for name, open := range conns {
+		t.Run(name, func(t *testing.T) { loopback100k(t, open) })
+	}
+}
+
+func loopback100k(t *testing.T, open func(t *testing.T, e *Engine) net.Conn) {
 	rate := 50_000
 	if raceEnabled {
 		rate = 25_000 // what the race build sustains on a shared 2-core box
 	}
 	e := startEngine(t, Config{Allowed: loopback})
-	c := dial(t, e, "127.0.0.1")
+	c := open(t, e)
 	const count = 100_000
 	res, err := Probe(context.Background(), c, ProbeConfig{Rate: rate, Size: 64, Count: count, Timeout: 3 * time.Second}, nil)
 	if err != nil {
@@ -110,6 +128,35 @@ func TestLoopback100k(t *testing.T) {
 	// the path, and every echo carries the probe's 64 bytes.
 	if !(res.Received <= s.Echoed && s.Received <= res.Sent) || s.Bytes != s.Echoed*64 || s.DroppedForeign+s.DroppedTruncated != 0 {
 		t.Fatalf("engine stats %+v vs probe %+v: want probe received <= echoed <= received <= sent, 64 bytes each", s, *res)
+	}
+}
+
+// TestDialUDPReadWrite checks DialUDP's socket as a net.Conn: a datagram
+// written comes back from the engine through Read, and Read returns
+// net.ErrClosed once the socket is closed.
+func TestDialUDPReadWrite(t *testing.T) {
+	e := startEngine(t, Config{Allowed: loopback})
+	c, err := DialUDP(context.Background(), e.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("echo through a detached socket")
+	if n, err := c.Write(msg); err != nil || n != len(msg) {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	buf := make([]byte, 100)
+	n, err := c.Read(buf)
+	if err != nil || !bytes.Equal(buf[:n], msg) {
+		t.Fatalf("Read = %q, %v; want %q", buf[:n], err, msg)
+	}
+	if c.LocalAddr() == nil || c.RemoteAddr().String() != e.Addr().String() {
+		t.Fatalf("addresses %v -> %v, want the engine's %v", c.LocalAddr(), c.RemoteAddr(), e.Addr())
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close = %v, want net.ErrClosed", err)
 	}
 }
 

@@ -101,9 +101,10 @@ type ProbeResult struct {
 
 // Probe runs cfg over conn, a connected datagram socket to an echo server,
 // and returns the result. If conn has SetReadBuffer/SetWriteBuffer (as
-// *net.UDPConn does) they are raised to SocketBuffer. Probe uses conn's
-// read deadline to stop its receiver and clears it before returning; it
-// does not close conn. progress, if not nil, is called about every
+// *net.UDPConn does) they are raised to SocketBuffer. Where it cannot run
+// on conn's descriptor (a syscall.Conn on Linux, see DialUDP) Probe uses
+// conn's read deadline to stop its receiver and clears it before
+// returning. It does not close conn. progress, if not nil, is called about every
 // ProgressInterval from a goroutine of its own, never concurrently with
 // itself. When ctx ends the run early, Probe returns what it measured so
 // far together with ctx's error.
@@ -121,13 +122,15 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 	if s, ok := conn.(interface{ SetWriteBuffer(int) error }); ok {
 		_ = s.SetWriteBuffer(SocketBuffer)
 	}
-	if err := conn.SetReadDeadline(time.Time{}); err != nil {
-		return nil, fmt.Errorf("probe: clear read deadline: %w", err)
+	loop := newThreadLoop(conn)
+	if loop == nil {
+		if err := conn.SetReadDeadline(time.Time{}); err != nil {
+			return nil, fmt.Errorf("probe: clear read deadline: %w", err)
+		}
 	}
 
 	p := newProber(cfg)
 	recvDone := make(chan error, 1)
-	loop := newThreadLoop(conn)
 	var sendDone chan error
 	if loop != nil {
 		defer loop.close()
@@ -165,15 +168,19 @@ func Probe(ctx context.Context, conn net.Conn, cfg ProbeConfig, progress func(Pr
 		t.Stop()
 	}
 	p.stopping.Store(true)
+	var deadlineErr error
 	if loop != nil {
 		loop.wake()
+	} else {
+		deadlineErr = conn.SetReadDeadline(time.Now())
 	}
-	deadlineErr := conn.SetReadDeadline(time.Now())
 	recvErr := <-recvDone
 	close(progStop)
 	<-progDone
-	if err := conn.SetReadDeadline(time.Time{}); err != nil && deadlineErr == nil {
-		deadlineErr = err
+	if loop == nil {
+		if err := conn.SetReadDeadline(time.Time{}); err != nil && deadlineErr == nil {
+			deadlineErr = err
+		}
 	}
 	res := p.result()
 	switch {
@@ -279,6 +286,12 @@ func (p *prober) due(i uint64) time.Duration {
 	return time.Duration(i/r)*time.Second + time.Duration(i%r*uint64(time.Second)/r)
 }
 
+// scheduleEnds reports whether the run ends before probe seq (Count or
+// Duration reached).
+func (p *prober) scheduleEnds(seq uint64) bool {
+	return p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) || p.cfg.Duration > 0 && p.due(seq) >= p.cfg.Duration
+}
+
 func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	buf := make([]byte, p.cfg.Size)
 	timer := time.NewTimer(time.Hour)
@@ -288,14 +301,10 @@ func (p *prober) send(ctx context.Context, conn net.Conn) error {
 	pace := finesleep.New()
 	defer pace.Stop()
 	for seq := uint64(0); ; seq++ {
-		if p.cfg.Count > 0 && seq >= uint64(p.cfg.Count) {
+		if p.scheduleEnds(seq) {
 			return nil
 		}
-		due := p.due(seq)
-		if p.cfg.Duration > 0 && due >= p.cfg.Duration {
-			return nil
-		}
-		if !p.waitUntil(due, pace, timer, done) {
+		if !p.waitUntil(p.due(seq), pace, timer, done) {
 			return nil
 		}
 		h := Header{Seq: seq, ClientSend: int64(time.Since(p.start))}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -204,3 +205,7 @@ func (p *pollFD) close() error {
 	})
 	return p.err
 }
+
+// SyscallConn returns the raw socket, whose Read and Write wait in ppoll
+// on the calling thread.
+func (d *Detached) SyscallConn() (syscall.RawConn, error) { return d.fd, nil }
