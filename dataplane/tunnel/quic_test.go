@@ -353,17 +353,16 @@ func TestQUICQueueBoundDropsAndCounts(t *testing.T) {
 	}
 }
 
-// TestQUICReceiveQueueDropsCounted: while the demultiplexer is held up,
-// the session's reader keeps emptying quic-go's 128-frame queue into its
-// own (RecvQueueLen); beyond both, datagrams are dropped and counted
-// (RecvQueueDropped, or QueueDropped for what quic-go discards), and
-// every datagram sent is delivered or counted (loopback loses nothing on
-// the path at this size).
+// TestQUICReceiveQueueDropsCounted: while routing is held up, datagrams
+// beyond the receive queues are dropped and counted (QueueDropped for
+// what quic-go discards, RecvQueueDropped for fragments beyond the
+// session's queue), and every datagram sent is delivered or counted
+// (loopback loses nothing on the path at this size).
 func TestQUICReceiveQueueDropsCounted(t *testing.T) {
 	cli, srv := attached(t)
 	sf, cf := srv.Flow(2), cli.Flow(2)
 	const sent = RecvQueueLen + 1000
-	srv.mu.Lock() // the demultiplexer stops in route
+	srv.mu.Lock() // the session's reader stops in route
 	held := true
 	release := func() {
 		if held {

@@ -5,15 +5,15 @@ import (
 	"sync/atomic"
 )
 
-// RecvQueueLen bounds a session's own receive queue, in QUIC datagrams
-// (each at most one path MTU, about 1.4 KB, so about 5.6 MiB at most):
+// RecvQueueLen bounds a session's own queue of received fragments (each
+// at most one QUIC datagram, about 1.4 KB, so about 5.6 MiB at most):
 // about 45 ms of a 1 Gbit/s test sent in fragments, far more than the
 // 128 frames (about 1.4 ms) quic-go v0.65.0 holds before it discards.
 const RecvQueueLen = 4096
 
-// rxQueue is a session's receive queue between its reader, which only
-// moves datagrams out of quic-go's fixed queue, and its demultiplexer,
-// which takes everything queued at once. A datagram arriving at a full
+// rxQueue is a session's queue of fragments between its reader, which
+// empties quic-go's fixed queue, and its demultiplexer, which takes
+// everything queued at once and reassembles. A datagram arriving at a full
 // queue is dropped and counted. Its methods are safe for concurrent use.
 type rxQueue struct {
 	mu    sync.Mutex
