@@ -18,6 +18,7 @@ import (
 	"github.com/packetparamedic/reflector/client"
 	"github.com/packetparamedic/reflector/controlplane/identity"
 	"github.com/packetparamedic/reflector/controlplane/link"
+	"github.com/packetparamedic/reflector/dataplane/sockopt"
 	"github.com/packetparamedic/reflector/iperf3proto"
 )
 
@@ -173,6 +174,7 @@ func runTunnel(e *env, args []string) error {
 	fwDone := make(chan struct{})
 	go func() { defer close(fwDone); fw.Serve(fctx, tln, uconn) }()
 	res, werr := waitSession(ctx, c, g.TestID)
+	sockDrops := localDrops(uconn) // before the forwarder closes the socket
 	fcancel()
 	<-fwDone
 	if werr != nil {
@@ -186,6 +188,9 @@ func runTunnel(e *env, args []string) error {
 		st := t.DatagramStats()
 		fmt.Fprintf(e.stdout, "Tunnel datagrams on this end: %d sent and %d received in fragments, %d incomplete, %d dropped on full queues\n",
 			st.Fragmented, st.Reassembled, st.Incomplete, st.Dropped)
+		if sockDrops > 0 {
+			fmt.Fprintf(e.stdout, "%d datagrams of the local iperf3 client were dropped by this machine's full UDP socket before the tunnel (iperf3 counts them as lost): try a lower -b\n", sockDrops)
+		}
 	}
 	if st := fw.Stats(); st.UDPWriteErrors > 0 {
 		fmt.Fprintf(e.stderr, "%d UDP datagrams could not be forwarded\n", st.UDPWriteErrors)
@@ -194,6 +199,16 @@ func runTunnel(e *env, args []string) error {
 		return fmt.Errorf("tunnel: the test did not complete: %s", res.EndReason)
 	}
 	return nil
+}
+
+// localDrops returns the datagrams the kernel dropped on the local UDP
+// socket (0 without one, or where it cannot tell).
+func localDrops(uc *net.UDPConn) uint64 {
+	if uc == nil {
+		return 0
+	}
+	n, _ := sockopt.Drops(uc)
+	return n
 }
 
 // modeTitle names the grant's mode in the banner.

@@ -144,7 +144,9 @@ type throughputSummary struct {
 	ExtraRefused int64 `json:"extra_refused,omitempty"`
 	// ForeignDropped counts UDP datagrams from other senders (protocol udp).
 	ForeignDropped uint64 `json:"foreign_dropped,omitempty"`
-	Error          string `json:"error,omitempty"`
+	// TunnelDrops is what a tunneled UDP test lost inside the reflector.
+	TunnelDrops *tunnelDrops `json:"tunnel_drops,omitempty"`
+	Error       string       `json:"error,omitempty"`
 }
 
 // openThroughput listens on host:port (TCP and UDP) for one iperf3 test
@@ -249,6 +251,9 @@ func (e *throughputEngine) run(ctx context.Context) outcome {
 	}
 	if e.udp != nil {
 		sum.ForeignDropped = e.udp.Dropped()
+		if f, ok := e.udp.(flowUDP); ok {
+			sum.TunnelDrops = f.tunnelDrops()
+		}
 	}
 	// The peer's own connections: control, and the TCP streams set up.
 	used := int64(1)

@@ -106,15 +106,38 @@ func (m *Manager) openTunneled(s *session, allowed netip.Addr) {
 // flowUDP is a FlowAcceptor as the engine's udpAcceptor.
 type flowUDP struct{ *tunnel.FlowAcceptor }
 
-// Dropped counts the datagrams dropped inside the reflector: on full flow
-// queues, and by quic-go's full receive queue (there in QUIC datagrams,
-// one per fragment of a large UDP datagram). Path loss is not in it.
-func (f flowUDP) Dropped() uint64 {
-	if q := f.Session(); q != nil {
-		st := q.Stats()
-		return st.Dropped + st.QueueDropped
+// Dropped implements udpAcceptor: a tunnel carries only the attached
+// peer's flows, so nothing comes from other senders. What is lost inside
+// the reflector is in tunnelDrops.
+func (flowUDP) Dropped() uint64 { return 0 }
+
+// tunnelDrops returns what the reflector's end of the tunnel lost, or nil
+// before a session attached.
+func (f flowUDP) tunnelDrops() *tunnelDrops {
+	q := f.Session()
+	if q == nil {
+		return nil
 	}
-	return 0
+	st := q.Stats()
+	return &tunnelDrops{QueueDropped: st.QueueDropped, RecvQueueDropped: st.RecvQueueDropped, FlowDropped: st.Dropped, Incomplete: st.Incomplete}
+}
+
+// tunnelDrops are the datagrams of a tunneled UDP test lost inside the
+// reflector's end of the tunnel, apart from path loss (the test's
+// lost_packets counts both, as iperf3 sees them).
+type tunnelDrops struct {
+	// QueueDropped and RecvQueueDropped count QUIC datagrams (one per
+	// fragment of a large UDP datagram) dropped on full receive queues
+	// before demultiplexing: quic-go's (128 entries) and the session's
+	// own (tunnel.RecvQueueLen).
+	QueueDropped     uint64 `json:"queue_dropped"`
+	RecvQueueDropped uint64 `json:"recv_queue_dropped"`
+	// FlowDropped counts UDP datagrams dropped on the full queue of their
+	// stream.
+	FlowDropped uint64 `json:"flow_dropped"`
+	// Incomplete counts UDP datagrams given up with fragments missing,
+	// lost on the path or in QueueDropped.
+	Incomplete uint64 `json:"incomplete"`
 }
 
 // checkAttach finds the session an attach names and decides on it; on

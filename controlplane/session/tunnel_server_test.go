@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -94,8 +95,39 @@ func TestServerTunneledThroughput(t *testing.T) {
 			if ev.Reason != session.EndDone {
 				t.Fatalf("end reason %q", ev.Reason)
 			}
+			if tc.o.UDP {
+				checkTunnelDrops(t, ev)
+			}
 		})
 	}
+}
+
+// checkTunnelDrops: a tunneled UDP test's summary reports what the
+// reflector's end of the tunnel dropped as tunnel_drops, not as datagrams
+// from other senders.
+func checkTunnelDrops(t *testing.T, ev *audit.Event) {
+	t.Helper()
+	b, err := json.Marshal(ev.Details["summary"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		ForeignDropped *uint64 `json:"foreign_dropped"`
+		TunnelDrops    *struct {
+			QueueDropped     *uint64 `json:"queue_dropped"`
+			RecvQueueDropped *uint64 `json:"recv_queue_dropped"`
+			FlowDropped      *uint64 `json:"flow_dropped"`
+			Incomplete       *uint64 `json:"incomplete"`
+		} `json:"tunnel_drops"`
+	}
+	if err := json.Unmarshal(b, &sum); err != nil {
+		t.Fatal(err)
+	}
+	td := sum.TunnelDrops
+	if sum.ForeignDropped != nil || td == nil || td.QueueDropped == nil || td.RecvQueueDropped == nil || td.FlowDropped == nil || td.Incomplete == nil {
+		t.Fatalf("summary %s: want tunnel_drops with every counter and no foreign_dropped", b)
+	}
+	t.Logf("tunnel_drops %s", b)
 }
 
 // TestServerTunneledEcho runs udp_echo over the QUIC tunnel.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -258,4 +259,26 @@ func setReuse(fd int, port bool) error {
 		}
 	}
 	return nil
+}
+
+// Drops returns how many packets the kernel has dropped on c's socket so
+// far (sk_drops from SO_MEMINFO): for UDP, datagrams that found the
+// receive buffer full.
+func Drops(c net.Conn) (uint64, error) {
+	var drops uint64
+	err := control(c, func(fd int) error {
+		var mi [unix.SK_MEMINFO_VARS]uint32
+		l := uint32(unsafe.Sizeof(mi))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mi[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if errno != 0 {
+			return fmt.Errorf("get SO_MEMINFO: %w", notSupported(errno))
+		}
+		if l <= unix.SK_MEMINFO_DROPS*4 {
+			return fmt.Errorf("get SO_MEMINFO: %d bytes: %w", l, ErrNotSupported)
+		}
+		drops = uint64(mi[unix.SK_MEMINFO_DROPS])
+		return nil
+	})
+	return drops, err
 }

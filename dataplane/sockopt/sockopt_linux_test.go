@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -214,4 +215,48 @@ func TestReusePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = l4.Close()
+}
+
+// TestDrops: datagrams sent to a UDP socket that reads nothing are either
+// queued or counted as dropped, never neither.
+func TestDrops(t *testing.T) {
+	rc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rc.Close() }()
+	if err := rc.SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := net.DialUDP("udp", nil, rc.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sc.Close() }()
+	const sent = 200
+	payload := make([]byte, 1000)
+	for range sent {
+		if _, err := sc.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drops, err := Drops(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Loopback delivers during the send: what was not dropped is queued.
+	if err := rc.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	var queued uint64
+	buf := make([]byte, 2000)
+	for {
+		if _, err := rc.Read(buf); err != nil {
+			break
+		}
+		queued++
+	}
+	if drops == 0 || queued+drops != sent {
+		t.Fatalf("%d queued + %d dropped, want %d sent with some dropped", queued, drops, sent)
+	}
 }

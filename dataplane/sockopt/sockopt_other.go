@@ -81,3 +81,9 @@ func setReuse(_ int, port bool) error {
 	}
 	return nil
 }
+
+// Drops returns the packets the kernel dropped on c's socket; only Linux
+// is supported.
+func Drops(c net.Conn) (uint64, error) {
+	return 0, fmt.Errorf("socket drops: %w", ErrNotSupported)
+}

@@ -353,35 +353,46 @@ func TestQUICQueueBoundDropsAndCounts(t *testing.T) {
 	}
 }
 
-// TestQUICReceiveQueueDropsCounted: datagrams quic-go discards on its
-// full receive queue (here while the session's reader is held up) are
-// counted as QueueDropped, and every datagram sent is delivered or
-// counted (loopback loses nothing on the path at this size).
+// TestQUICReceiveQueueDropsCounted: while routing is held up, datagrams
+// beyond the receive queues are dropped and counted (QueueDropped for
+// what quic-go discards, RecvQueueDropped for fragments beyond the
+// session's queue), and every datagram sent is delivered or counted
+// (loopback loses nothing on the path at this size).
 func TestQUICReceiveQueueDropsCounted(t *testing.T) {
 	cli, srv := attached(t)
 	sf, cf := srv.Flow(2), cli.Flow(2)
-	const sent = 400 // over quic-go's 128 and below FlowQueueLen
-	srv.mu.Lock()    // the demultiplexer stops in route
+	const sent = RecvQueueLen + 1000
+	srv.mu.Lock() // the session's reader stops in route
+	held := true
+	release := func() {
+		if held {
+			held = false
+			srv.mu.Unlock()
+		}
+	}
+	defer release()
 	for i := range sent {
 		if _, err := cf.Write([]byte{byte(i >> 8), byte(i)}); err != nil {
-			srv.mu.Unlock()
 			t.Fatal(err)
 		}
 	}
-	testutil.Eventually(t, 10*time.Second, "quic-go discards beyond its queue", func() bool {
-		return srv.Stats().QueueDropped > 0
+	testutil.Eventually(t, 20*time.Second, "drops beyond the receive queues", func() bool {
+		st := srv.Stats()
+		return st.QueueDropped+st.RecvQueueDropped > 0
 	})
-	srv.mu.Unlock()
+	release()
 	var got uint64
-	testutil.Eventually(t, 10*time.Second, "every datagram delivered or counted", func() bool {
+	testutil.Eventually(t, 20*time.Second, "every datagram delivered or counted", func() bool {
 		for len(sf.q) > 0 {
 			<-sf.q
 			got++
 		}
 		st := srv.Stats()
-		return got+st.Dropped+st.QueueDropped >= sent
+		return got+st.Dropped+st.QueueDropped+st.RecvQueueDropped >= sent
 	})
-	if st := srv.Stats(); got+st.Dropped+st.QueueDropped != sent {
+	st := srv.Stats()
+	t.Logf("%d sent: %d delivered, %d dropped by quic-go, %d on the session's queue, %d on the flow's", sent, got, st.QueueDropped, st.RecvQueueDropped, st.Dropped)
+	if got+st.Dropped+st.QueueDropped+st.RecvQueueDropped != sent {
 		t.Fatalf("delivered %d, stats %+v: want %d in all", got, st, sent)
 	}
 }

@@ -58,9 +58,12 @@ type SessionStats struct {
 	// Dropped counts datagrams dropped on full flow or accept queues.
 	Dropped uint64
 	// QueueDropped counts QUIC datagrams quic-go discarded on its full
-	// receive queue (128 entries) before the session could read them;
+	// receive queue (128 entries) before the session's reader took them;
 	// counted on sessions of a QUICListener only (0 on DialQUIC's).
 	QueueDropped uint64
+	// RecvQueueDropped counts fragments dropped on the session's own
+	// full receive queue (RecvQueueLen) before reassembly.
+	RecvQueueDropped uint64
 	// Incomplete counts fragmented datagrams given up with pieces missing
 	// (lost on the path or in QueueDropped, or pushed out of the bounded
 	// reassembly).
@@ -100,6 +103,9 @@ type QUICSession struct {
 	nextFlow int
 	demuxEnd chan struct{}
 
+	rx      *rxQueue
+	readEnd chan struct{} // closed when the reader stops
+
 	reasm                                                reassembler
 	drops                                                *dropCounter
 	dropped, unknown, malformed, reassembled, fragmented atomic.Uint64
@@ -113,6 +119,8 @@ func newSession(c *quic.Conn, server bool, request []byte) *QUICSession {
 		flows:    make(map[uint8]*FlowConn),
 		accepts:  make(chan acceptItem, acceptQueueLen),
 		demuxEnd: make(chan struct{}),
+		rx:       newRxQueue(),
+		readEnd:  make(chan struct{}),
 		reasm:    reassembler{now: time.Now},
 		drops:    lookupDropCounter(c),
 	}
@@ -122,7 +130,7 @@ func newSession(c *quic.Conn, server bool, request []byte) *QUICSession {
 	return s
 }
 
-// start runs the datagram demultiplexer once.
+// start runs the datagram reader and demultiplexer once.
 func (s *QUICSession) start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -130,6 +138,7 @@ func (s *QUICSession) start() {
 		return
 	}
 	s.started = true
+	go s.read()
 	go s.demux()
 }
 
@@ -189,15 +198,16 @@ func (s *QUICSession) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 func (s *QUICSession) Stats() SessionStats {
 	cs := s.conn.ConnectionStats()
 	return SessionStats{
-		Dropped:      s.dropped.Load(),
-		QueueDropped: s.drops.load(),
-		Incomplete:   s.reasm.incomplete.Load(),
-		Reassembled:  s.reassembled.Load(),
-		Fragmented:   s.fragmented.Load(),
-		Unknown:      s.unknown.Load(),
-		Malformed:    s.malformed.Load() + s.reasm.malformed.Load(),
-		PacketsLost:  cs.PacketsLost,
-		SmoothedRTT:  cs.SmoothedRTT,
+		Dropped:          s.dropped.Load(),
+		QueueDropped:     s.drops.load(),
+		RecvQueueDropped: s.rx.dropped.Load(),
+		Incomplete:       s.reasm.incomplete.Load(),
+		Reassembled:      s.reassembled.Load(),
+		Fragmented:       s.fragmented.Load(),
+		Unknown:          s.unknown.Load(),
+		Malformed:        s.malformed.Load() + s.reasm.malformed.Load(),
+		PacketsLost:      cs.PacketsLost,
+		SmoothedRTT:      cs.SmoothedRTT,
 	}
 }
 
@@ -285,26 +295,60 @@ func (s *QUICSession) AcceptUDP(ctx context.Context) (net.Conn, []byte, error) {
 	}
 }
 
-// demux routes received datagrams to their flows until the session ends.
-func (s *QUICSession) demux() {
-	defer close(s.demuxEnd)
+// read takes datagrams out of quic-go's receive queue, which discards
+// beyond 128 frames, until the session ends. A whole flow datagram is
+// routed at once (no allocation, no extra hand-off for the echo); a
+// fragment goes to the session's own larger queue, so the reassembly
+// (copies and allocations that draw GC assists) never stalls the reads.
+func (s *QUICSession) read() {
+	defer close(s.readEnd)
 	ctx := s.conn.Context()
 	for {
 		b, err := s.conn.ReceiveDatagram(ctx)
 		if err != nil {
 			return
 		}
-		f, err := parseFragment(b)
-		switch {
-		case err != nil:
-			s.malformed.Add(1)
-		case f.whole:
+		if f, err := parseFragment(b); err == nil && f.whole {
 			s.route(f.flow, f.data)
-		default:
-			if whole := s.reasm.add(f); whole != nil {
-				s.reassembled.Add(1)
-				s.route(f.flow, whole)
+			continue
+		}
+		s.rx.push(b)
+	}
+}
+
+// demux handles the fragments (and malformed datagrams) the reader
+// queued, all that are queued at a time, until the reader has stopped
+// and its queue is empty.
+func (s *QUICSession) demux() {
+	defer close(s.demuxEnd)
+	for {
+		select {
+		case <-s.rx.ready:
+		case <-s.readEnd:
+			for _, b := range s.rx.take() {
+				s.handle(b)
 			}
+			return
+		}
+		for _, b := range s.rx.take() {
+			s.handle(b)
+		}
+	}
+}
+
+// handle routes one QUIC datagram: a whole flow datagram at once, a
+// fragment once its datagram is complete.
+func (s *QUICSession) handle(b []byte) {
+	f, err := parseFragment(b)
+	switch {
+	case err != nil:
+		s.malformed.Add(1)
+	case f.whole:
+		s.route(f.flow, f.data)
+	default:
+		if whole := s.reasm.add(f); whole != nil {
+			s.reassembled.Add(1)
+			s.route(f.flow, whole)
 		}
 	}
 }
