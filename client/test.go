@@ -43,6 +43,7 @@ type EchoOptions struct {
 	Rate        int // probes per second
 	Size        int // datagram bytes, at least echo.HeaderLen
 	Timestamped bool
+	Spin        time.Duration // echo.ProbeConfig.Spin
 }
 
 // EchoReport is the outcome of RunEcho.
@@ -174,7 +175,7 @@ func (c *Client) RunEcho(ctx context.Context, host string, o EchoOptions, progre
 		size = f.max
 	}
 	rep.Client, err = echo.Probe(ctx, conn, echo.ProbeConfig{
-		Rate: o.Rate, Size: size, Duration: dur, Timestamped: o.Timestamped,
+		Rate: o.Rate, Size: size, Duration: dur, Timestamped: o.Timestamped, Spin: o.Spin,
 	}, progress)
 	// The probe has run its duration: end the session now rather than at
 	// its deadline.

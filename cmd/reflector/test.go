@@ -28,7 +28,7 @@ const exitDenied = 3
 // testUsage is the synopsis of `reflector test`.
 const testUsage = `Usage:
   reflector test --peer HOST:PORT [--identity FILE] [--expect-id ID] [--json] throughput [-t 10] [-P 4] [-R] [-u] [-b RATE]
-  reflector test --peer HOST:PORT [--identity FILE] [--expect-id ID] [--json] udp-echo [-t 10] [--rate 100] [--size 64] [--timestamped]
+  reflector test --peer HOST:PORT [--identity FILE] [--expect-id ID] [--json] udp-echo [-t 10] [--rate 100] [--size 64] [--timestamped] [--spin 0]
 
 Runs a whole test against a reflector with this machine's client identity:
 asks for a session, runs the native iperf3 client (throughput) or the echo
@@ -196,6 +196,7 @@ func echoFlags(e *env, args []string) (client.EchoOptions, error) {
 	rate := fs.Int("rate", 100, "probes per second")
 	size := fs.Int("size", 64, fmt.Sprintf("datagram size in bytes (%d-%d)", echo.HeaderLen, echo.MaxProbeSize))
 	ts := fs.Bool("timestamped", false, "ask the reflector to stamp its receive and send times (separates server time from network time)")
+	spin := fs.Duration("spin", 0, fmt.Sprintf("after each probe, poll for its reply without sleeping for up to this long (at most %v; costs CPU, saves the wake-up latency of a sleeping thread)", echo.MaxProbeSpin))
 	if err := parse(fs, args); err != nil {
 		return client.EchoOptions{}, err
 	}
@@ -209,8 +210,10 @@ func echoFlags(e *env, args []string) (client.EchoOptions, error) {
 		return client.EchoOptions{}, usagef("test udp-echo: --rate must be 1-%d", echo.MaxProbeRate)
 	case *size < echo.HeaderLen || *size > echo.MaxProbeSize:
 		return client.EchoOptions{}, usagef("test udp-echo: --size must be %d-%d", echo.HeaderLen, echo.MaxProbeSize)
+	case *spin < 0 || *spin > echo.MaxProbeSpin:
+		return client.EchoOptions{}, usagef("test udp-echo: --spin must be 0-%v", echo.MaxProbeSpin)
 	}
-	return client.EchoOptions{Duration: time.Duration(*t) * time.Second, Rate: *rate, Size: *size, Timestamped: *ts}, nil
+	return client.EchoOptions{Duration: time.Duration(*t) * time.Second, Rate: *rate, Size: *size, Timestamped: *ts, Spin: *spin}, nil
 }
 
 // testDoc is the --json document.

@@ -97,11 +97,14 @@ func TestLoopback100k(t *testing.T) {
 		},
 	}
 	for name, open := range conns {
-		t.Run(name, func(t *testing.T) { loopback100k(t, open) })
+		t.Run(name, func(t *testing.T) { loopback100k(t, open, 0) })
 	}
+	// A prober that busy-polls for each reply (ProbeConfig.Spin) counts
+	// the same: every probe back once or lost.
+	t.Run("DialUDPSpin", func(t *testing.T) { loopback100k(t, conns["DialUDP"], MaxProbeSpin) })
 }
 
-func loopback100k(t *testing.T, open func(t *testing.T, e *Engine) net.Conn) {
+func loopback100k(t *testing.T, open func(t *testing.T, e *Engine) net.Conn, spin time.Duration) {
 	rate := 50_000
 	if raceEnabled {
 		rate = 25_000 // what the race build sustains on a shared 2-core box
@@ -109,7 +112,7 @@ func loopback100k(t *testing.T, open func(t *testing.T, e *Engine) net.Conn) {
 	e := startEngine(t, Config{Allowed: loopback})
 	c := open(t, e)
 	const count = 100_000
-	res, err := Probe(context.Background(), c, ProbeConfig{Rate: rate, Size: 64, Count: count, Timeout: 3 * time.Second}, nil)
+	res, err := Probe(context.Background(), c, ProbeConfig{Rate: rate, Size: 64, Count: count, Timeout: 3 * time.Second, Spin: spin}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,19 @@ type ProbeConfig struct {
 	// Timeout is how long to wait for late replies after the last probe;
 	// 0 means DefaultProbeTimeout.
 	Timeout time.Duration
+	// Spin, when positive, is how long after each send the prober polls
+	// for the reply without sleeping (never past the next probe's send
+	// time; Linux sockets only, at most MaxProbeSpin). Waking a sleeping
+	// thread costs tens of microseconds on a virtual machine, inside every
+	// round trip; spinning trades up to Spin of CPU per probe for that,
+	// as sockperf's ping-pong client does (it spins all the time). 0, the
+	// default, sleeps.
+	Spin time.Duration
 }
+
+// MaxProbeSpin bounds ProbeConfig.Spin.
+const MaxProbeSpin = time.Millisecond
+
 
 // ProbeInterval is a progress report covering [Start, End) of the run.
 type ProbeInterval struct {

@@ -111,6 +111,7 @@ func (l *threadLoop) loop(ctx context.Context, p *prober, fd uintptr, sending *b
 	var seq uint64
 	timerFor := uint64(math.MaxUint64) // the probe the timerfd runs for
 	failures := 0
+	var spinUntil time.Duration // busy-poll for a reply until then (ProbeConfig.Spin)
 	for !p.stopping.Load() {
 		// Take every reply already in, also between the sends of a
 		// late schedule catching up, so none waits behind them.
@@ -139,6 +140,7 @@ func (l *threadLoop) loop(ctx context.Context, p *prober, fd uintptr, sending *b
 					endSend(err)
 				}
 				seq++
+				spinUntil = p.spinWindow(seq)
 				continue
 			}
 			if timerFor != seq {
@@ -147,6 +149,17 @@ func (l *threadLoop) loop(ctx context.Context, p *prober, fd uintptr, sending *b
 					return err
 				}
 				timerFor = seq
+			}
+		}
+		if spinUntil > 0 {
+			got, err := spinReply(fd, p, in, &failures, spinUntil)
+			if err != nil {
+				endSend(nil)
+				return err
+			}
+			spinUntil = 0
+			if got {
+				continue
 			}
 		}
 		if _, err := unix.Ppoll(fds, nil, nil); err != nil && !errors.Is(err, unix.EINTR) {
@@ -183,6 +196,39 @@ func readReplies(fd uintptr, p *prober, in []byte, failures *int) error {
 			}
 		}
 	}
+}
+
+// spinWindow is when the busy poll after the send of probe next-1 ends:
+// Spin after now, but not past probe next's send time.
+func (p *prober) spinWindow(next uint64) time.Duration {
+	if p.cfg.Spin <= 0 {
+		return 0
+	}
+	until := p.since() + min(p.cfg.Spin, MaxProbeSpin)
+	if !p.scheduleEnds(next) {
+		until = min(until, p.due(next))
+	}
+	return until
+}
+
+// spinReply polls fd without sleeping until a reply arrives (handed to
+// p.handle; got reports it) or the run's clock reaches until.
+func spinReply(fd uintptr, p *prober, in []byte, failures *int, until time.Duration) (got bool, err error) {
+	for p.since() < until {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&in[0])), uintptr(len(in)), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			*failures = 0
+			p.handle(in[:n], p.since())
+			return true, nil
+		case unix.EAGAIN, unix.EINTR:
+		default:
+			if *failures++; *failures > maxRecvErrors {
+				return false, fmt.Errorf("probe: receive: %w", os.NewSyscallError("recvfrom", errno))
+			}
+		}
+	}
+	return false, nil
 }
 
 // arm sets the timerfd to run out in d (> 0).

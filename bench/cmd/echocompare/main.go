@@ -7,7 +7,7 @@
 // It is what `make echo-compare` runs.
 //
 //	go run ./bench/cmd/echocompare -reflector bin/reflector [-rounds 3] [-t 5]
-//	    [-rates 1000,10000] [-size 64] [-json]
+//	    [-rates 1000,10000] [-size 64] [-spin 1ms] [-json]
 //
 // sockperf reports one-way latency, half the measured round trip, unless
 // given --full-rtt; this tool runs it without that flag and doubles its
@@ -16,7 +16,11 @@
 // time from the kernel's receive stamp to the send, its share of the round
 // trip (sockperf's server cannot be pointed at by our client, nor ours by
 // sockperf's: it expects its server to mark the reply, which RFC 862 echo
-// does not). It needs sockperf (Debian:
+// does not). sockperf's ping-pong client busy-polls (a whole CPU while it
+// runs), so ours runs with --spin (-spin, 1ms by default: it polls after
+// each probe until the reply or the next send); -spin 0 shows our
+// sleeping prober, whose wake-ups cost tens of microseconds on a VM. It
+// needs sockperf (Debian:
 // apt-get install sockperf) and installs nothing. Both servers start once and
 // stay up for the whole run; everything started is stopped at the end.
 // Results are informational: the exit status is 0 unless something failed to
@@ -58,7 +62,10 @@ type options struct {
 	json      bool
 	// timestamped runs ours with --timestamped (server time column).
 	timestamped bool
-	timeout     time.Duration
+	// spin is ours' --spin: sockperf's ping-pong client busy-polls all
+	// the time, so by default ours polls for each reply too.
+	spin    time.Duration
+	timeout time.Duration
 }
 
 // maxRate is the highest rate accepted: the reflector's default
@@ -78,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.size, "size", 64, "datagram size in bytes")
 	fs.BoolVar(&o.json, "json", false, "print the results, with every run, as JSON instead of a table")
 	fs.BoolVar(&o.timestamped, "timestamped", false, "run ours in timestamped mode and report our server's mean receive-to-send time")
+	fs.DurationVar(&o.spin, "spin", time.Millisecond, "ours' --spin (poll for each reply without sleeping for up to this long; sockperf's client always spins); 0 makes ours sleep")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on the whole comparison")
 	if err := fs.Parse(args); err != nil {
 		return o, err

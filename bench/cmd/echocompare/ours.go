@@ -38,6 +38,7 @@ type oursServer struct {
 	portLo, portHi     int
 	seconds, size      int
 	timestamped        bool
+	spin               time.Duration
 	proc               *iperfrun.Process
 }
 
@@ -48,7 +49,7 @@ func (s *oursServer) stop() { s.proc.Stop() }
 // startOurs writes the configuration (direct_ephemeral, free ports on
 // 127.0.0.1, quotas that a comparison cannot hit) and starts the server.
 func startOurs(ctx context.Context, o options, dir string) (*oursServer, error) {
-	s := &oursServer{exe: o.reflector, keyPath: filepath.Join(dir, "client.ed25519"), seconds: o.seconds, size: o.size, timestamped: o.timestamped}
+	s := &oursServer{exe: o.reflector, keyPath: filepath.Join(dir, "client.ed25519"), seconds: o.seconds, size: o.size, timestamped: o.timestamped, spin: o.spin}
 	idCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	out, err := exec.CommandContext(idCtx, s.exe, "show-id", "--identity", s.keyPath).Output()
 	cancel()
@@ -188,6 +189,9 @@ func (s *oursServer) once(ctx context.Context, rate int) (rtt, error) {
 		"-t", strconv.Itoa(secs), "--rate", strconv.Itoa(rate), "--size", strconv.Itoa(s.size)}
 	if s.timestamped {
 		args = append(args, "--timestamped")
+	}
+	if s.spin > 0 {
+		args = append(args, "--spin", s.spin.String())
 	}
 	cmd := exec.CommandContext(ctx, s.exe, args...)
 	cmd.WaitDelay = 5 * time.Second
