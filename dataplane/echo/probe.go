@@ -76,7 +76,6 @@ type ProbeConfig struct {
 // MaxProbeSpin bounds ProbeConfig.Spin.
 const MaxProbeSpin = time.Millisecond
 
-
 // ProbeInterval is a progress report covering [Start, End) of the run.
 type ProbeInterval struct {
 	// Start and End are offsets from the start of the run.
