@@ -22,16 +22,23 @@ func sendChunk(blk int, bps uint64, zeroCopy bool) int {
 	return blk * (sendChunkTarget / blk)
 }
 
-// serverRcvLowat is the largest receive low-watermark of server TCP
-// receivers (the client ends the test, so the tail is drained after
-// TEST_END); the receiver lowers it for slow streams so their counters
-// stay current (truncDiscard). Measured with bench/cmd/compare on loopback
-// against stock iperf3 -s: a large watermark cuts our CPU per GB (2 MiB:
-// 0.02-0.03 s/GB, 512 KiB: about 0.065, a fixed 256 KiB: about 0.15), but
-// with -P 4 a 2 MiB watermark held the stock client's throughput to
-// 0.68-0.77 of stock's, 512 KiB to 0.79-0.91 (two alternating passes, same
-// period): 512 KiB keeps CPU well under the 0.6 goal and loses less rate.
-const serverRcvLowat = 512 << 10
+// serverRcvLowat returns the largest receive low-watermark of the server
+// TCP receivers of a test of streams streams (the client ends the test,
+// so the tail is drained after TEST_END); the receiver lowers it for slow
+// streams so their counters stay current (truncDiscard). A large
+// watermark cuts our CPU per GB (2 MiB: 0.02-0.03 s/GB, 512 KiB: about
+// 0.065-0.09, 128 KiB: about 0.25), but it holds back a client that
+// drives several streams from one thread (iperf3 3.12): with -P 4 against
+// stock iperf3 -s on loopback (bench/cmd/compare, 5 rounds each, same
+// period) 512 KiB gave 0.69-0.94 of stock's rate, 256 KiB 0.69, 128 KiB
+// 0.95-1.02 (CPU 0.55-0.62 of stock's s/GB). One stream keeps 512 KiB
+// (1.65x stock, CPU 0.33x); several get 128 KiB.
+func serverRcvLowat(streams int) int {
+	if streams > 1 {
+		return 128 << 10
+	}
+	return 512 << 10
+}
 
 // discardTCP reads conn until EOF or error, reporting every chunk to
 // onBytes, and returns the total. On TCP sockets it discards in the kernel

@@ -60,7 +60,7 @@ func TestTCPReceiveDoesNotAllocatePerChunk(t *testing.T) {
 		var n atomic.Int64
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		_, _ = discardTCP(c, serverRcvLowat, nil, func(k int) { n.Add(int64(k)) })
+		_, _ = discardTCP(c, serverRcvLowat(1), nil, func(k int) { n.Add(int64(k)) })
 		runtime.ReadMemStats(&after)
 		if n.Load() < int64(total) {
 			t.Fatalf("received %d of %d bytes", n.Load(), total)

@@ -502,7 +502,7 @@ func (t *test) applyLimits() error {
 		Int("len", p.BlockLen()).Uint64("bandwidth", p.Bandwidth).Str("client_version", p.ClientVersion).
 		Bool("gsro", p.GSO != 0 || p.GRO != 0).Msg("iperf3 test accepted")
 	t.out = newServerOutput(t.cfg.ServerOutputJSON, t)
-	t.set = newStreamSet(p, &t.srv.sent, &t.srv.received, serverRcvLowat)
+	t.set = newStreamSet(p, &t.srv.sent, &t.srv.received, serverRcvLowat(p.Parallel))
 	t.set.budget = t.cfg.Budget
 	t.set.closeAtEnd = true
 	t.set.gateLocal = p.GRO == 0 // see localgate.go
