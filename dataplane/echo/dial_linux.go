@@ -23,14 +23,10 @@ import (
 // thread before the prober ran again). The socket has no deadlines; Probe
 // stops its receiver by other means.
 func DialUDP(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", addr)
+	uc, err := dialBuffered(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("echo dial %s: %w", addr, err)
+		return nil, err
 	}
-	uc := c.(*net.UDPConn)
-	_ = uc.SetReadBuffer(SocketBuffer) // best effort: the kernel may cap it
-	_ = uc.SetWriteBuffer(SocketBuffer)
 	laddr, raddr := uc.LocalAddr(), uc.RemoteAddr()
 	dc, err := udpbatch.Detach(uc, 1)
 	if err != nil {
