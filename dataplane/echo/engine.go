@@ -153,10 +153,17 @@ func listenOne(ctx context.Context, addr string, reuse bool) (*udpbatch.Detached
 		return nil, fmt.Errorf("echo listen %s: set send buffer: %w", addr, err)
 	}
 	// Out of the netpoller: each reader sleeps in the kernel on a thread
-	// of its own, and a datagram wakes it directly.
+	// of its own, and a datagram wakes it directly. Blocking, it sleeps
+	// in recvmmsg itself: a probe costs one receive and one send system
+	// call, as in a plain blocking echo loop (polling took a receive
+	// that found nothing, a ppoll and the receive again).
 	d, err := udpbatch.Detach(uc, udpbatch.DefaultBatch)
 	if err != nil {
 		uc.Close()
+		return nil, fmt.Errorf("echo listen %s: %w", addr, err)
+	}
+	if err := d.SetBlocking(); err != nil {
+		d.Close()
 		return nil, fmt.Errorf("echo listen %s: %w", addr, err)
 	}
 	return d, nil

@@ -20,6 +20,9 @@ type Detached struct {
 	*Conn
 }
 
+// SetBlocking does nothing outside Linux (see the Linux version).
+func (d *Detached) SetBlocking() error { return nil }
+
 // Close closes the socket. It is idempotent.
 func (d *Detached) Close() error {
 	if err := d.Conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

@@ -7,9 +7,20 @@ import (
 	"time"
 )
 
-// TestDetach: a detached socket echoes a batch, keeps its address, and
+// TestDetach: a detached socket, polling or blocking (SetBlocking),
+// echoes a batch, keeps its address, reads what is queued in one call, and
 // Close wakes a ReadBatch blocked on it with net.ErrClosed.
 func TestDetach(t *testing.T) {
+	for _, blocking := range []bool{false, true} {
+		name := "polling"
+		if blocking {
+			name = "blocking"
+		}
+		t.Run(name, func(t *testing.T) { testDetach(t, blocking) })
+	}
+}
+
+func testDetach(t *testing.T, blocking bool) {
 	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -21,6 +32,11 @@ func TestDetach(t *testing.T) {
 	}
 	if got := d.UDPConn().LocalAddr().String(); got != addr {
 		t.Fatalf("local address %s after Detach, was %s", got, addr)
+	}
+	if blocking {
+		if err := d.SetBlocking(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	c, err := net.Dial("udp", addr)
 	if err != nil {
@@ -42,6 +58,26 @@ func TestDetach(t *testing.T) {
 	buf := make([]byte, 16)
 	if m, err := c.Read(buf); err != nil || string(buf[:m]) != "ping" {
 		t.Fatalf("echo read %q, %v", buf[:m], err)
+	}
+	// Three queued datagrams come back from one call, in order (a
+	// blocking receive waits for the first only).
+	for _, p := range []string{"a", "b", "c"} {
+		if _, err := c.Write([]byte(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := ""
+	for deadline := time.Now().Add(5 * time.Second); len(got) < 3 && time.Now().Before(deadline); {
+		n, err := d.ReadBatch(b.Msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range b.Msgs[:n] {
+			got += string(m.Buf[:m.N])
+		}
+	}
+	if got != "abc" {
+		t.Fatalf("read %q, want abc", got)
 	}
 	done := make(chan error, 1)
 	go func() {

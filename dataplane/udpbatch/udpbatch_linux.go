@@ -41,7 +41,19 @@ type sysConn struct {
 	stamps atomic.Bool
 	gso    atomic.Bool // UDP_SEGMENT on for writes (offload_linux.go)
 	gro    atomic.Bool // UDP_GRO on for reads
-	rd, wr sysState
+	// blocking: the descriptor blocks (Detached.SetBlocking): receives
+	// wait in the kernel for the first datagram (MSG_WAITFORONE), sends
+	// stay non-blocking (MSG_DONTWAIT). Set before any call.
+	blocking bool
+	rd, wr   sysState
+}
+
+// flags returns the recvmmsg and sendmmsg flags.
+func (s *sysConn) flags() (recv, send uintptr) {
+	if s.blocking {
+		return unix.MSG_WAITFORONE, unix.MSG_DONTWAIT
+	}
+	return 0, 0
 }
 
 func (st *sysState) alloc(batch int, ctrl bool) {
@@ -81,9 +93,10 @@ func (s *sysConn) init(c *net.UDPConn, batch int) {
 
 func (s *sysConn) recv(fd uintptr) bool {
 	st := &s.rd
+	flags, _ := s.flags()
 	for {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
-			uintptr(unsafe.Pointer(&st.hdrs[0])), uintptr(st.cnt), 0, 0, 0)
+			uintptr(unsafe.Pointer(&st.hdrs[0])), uintptr(st.cnt), flags, 0, 0)
 		switch errno {
 		case 0:
 			st.off, st.err = int(n), nil
@@ -101,9 +114,10 @@ func (s *sysConn) recv(fd uintptr) bool {
 
 func (s *sysConn) send(fd uintptr) bool {
 	st := &s.wr
+	_, flags := s.flags()
 	for st.off < st.cnt {
 		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
-			uintptr(unsafe.Pointer(&st.hdrs[st.off])), uintptr(st.cnt-st.off), 0, 0, 0)
+			uintptr(unsafe.Pointer(&st.hdrs[st.off])), uintptr(st.cnt-st.off), flags, 0, 0)
 		switch errno {
 		case 0:
 			st.off += int(n)

@@ -7,7 +7,7 @@
 // It is what `make echo-compare` runs.
 //
 //	go run ./bench/cmd/echocompare -reflector bin/reflector [-rounds 3] [-t 5]
-//	    [-rates 1000,10000] [-size 64] [-spin 1ms] [-json]
+//	    [-rates 1000,10000] [-size 64] [-spin 200us] [-json]
 //
 // sockperf reports one-way latency, half the measured round trip, unless
 // given --full-rtt; this tool runs it without that flag and doubles its
@@ -17,9 +17,12 @@
 // trip (sockperf's server cannot be pointed at by our client, nor ours by
 // sockperf's: it expects its server to mark the reply, which RFC 862 echo
 // does not). sockperf's ping-pong client busy-polls (a whole CPU while it
-// runs), so ours runs with --spin (-spin, 1ms by default: it polls after
-// each probe until the reply or the next send); -spin 0 shows our
-// sleeping prober, whose wake-ups cost tens of microseconds on a VM. It
+// runs), so ours runs with --spin (-spin, 200us by default: it polls after
+// each probe until the reply, 200 us or the next send); -spin 0 shows our
+// sleeping prober, whose wake-ups cost tens of microseconds on a VM. A
+// long spin hurts on two CPUs: at 1k pps, -spin 1ms put ours' p99 at the
+// spin length (about 1,050 us: the spinning prober holds the CPU the
+// server's thread needs), 200us gave p99 ratio 1.26 (3 rounds). It
 // needs sockperf (Debian:
 // apt-get install sockperf) and installs nothing. Both servers start once and
 // stay up for the whole run; everything started is stopped at the end.
@@ -85,7 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.size, "size", 64, "datagram size in bytes")
 	fs.BoolVar(&o.json, "json", false, "print the results, with every run, as JSON instead of a table")
 	fs.BoolVar(&o.timestamped, "timestamped", false, "run ours in timestamped mode and report our server's mean receive-to-send time")
-	fs.DurationVar(&o.spin, "spin", time.Millisecond, "ours' --spin (poll for each reply without sleeping for up to this long; sockperf's client always spins); 0 makes ours sleep")
+	fs.DurationVar(&o.spin, "spin", 200*time.Microsecond, "ours' --spin (poll for each reply without sleeping for up to this long; sockperf's client always spins); 0 makes ours sleep")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on the whole comparison")
 	if err := fs.Parse(args); err != nil {
 		return o, err
