@@ -11,14 +11,14 @@ import (
 // 128 frames (about 1.4 ms) quic-go v0.65.0 holds before it discards.
 const RecvQueueLen = 4096
 
-// rxQueue is a session's queue of fragments between its reader, which
-// empties quic-go's fixed queue, and its demultiplexer, which takes
+// rxQueue is a session's queue of parsed fragments between its reader,
+// which empties quic-go's fixed queue, and its demultiplexer, which takes
 // everything queued at once and reassembles. A datagram arriving at a full
 // queue is dropped and counted. Its methods are safe for concurrent use.
 type rxQueue struct {
 	mu    sync.Mutex
-	items [][]byte
-	spare [][]byte
+	items []fragment
+	spare []fragment
 	// ready holds a token while items is not empty.
 	ready   chan struct{}
 	dropped atomic.Uint64
@@ -26,15 +26,15 @@ type rxQueue struct {
 
 func newRxQueue() *rxQueue { return &rxQueue{ready: make(chan struct{}, 1)} }
 
-// push queues b, or counts it dropped when the queue is full.
-func (q *rxQueue) push(b []byte) {
+// push queues f, or counts it dropped when the queue is full.
+func (q *rxQueue) push(f fragment) {
 	q.mu.Lock()
 	if len(q.items) >= RecvQueueLen {
 		q.mu.Unlock()
 		q.dropped.Add(1)
 		return
 	}
-	q.items = append(q.items, b)
+	q.items = append(q.items, f)
 	first := len(q.items) == 1
 	q.mu.Unlock()
 	if first {
@@ -47,7 +47,7 @@ func (q *rxQueue) push(b []byte) {
 
 // take returns everything queued, oldest first (nil when empty). The
 // slice is the caller's until its next take.
-func (q *rxQueue) take() [][]byte {
+func (q *rxQueue) take() []fragment {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := q.items

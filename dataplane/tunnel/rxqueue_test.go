@@ -14,7 +14,7 @@ func TestRxQueueBoundAndOrder(t *testing.T) {
 		t.Fatalf("empty queue gave %d", len(b))
 	}
 	for i := range RecvQueueLen + 10 {
-		q.push([]byte{byte(i >> 8), byte(i)})
+		q.push(fragment{data: []byte{byte(i >> 8), byte(i)}})
 	}
 	if got := q.dropped.Load(); got != 10 {
 		t.Fatalf("dropped %d, want 10", got)
@@ -23,13 +23,14 @@ func TestRxQueueBoundAndOrder(t *testing.T) {
 	if len(batch) != RecvQueueLen {
 		t.Fatalf("took %d, want %d", len(batch), RecvQueueLen)
 	}
-	q.push([]byte{0xff, 0xff})
-	for i, b := range batch {
+	q.push(fragment{data: []byte{0xff, 0xff}})
+	for i, f := range batch {
+		b := f.data
 		if int(b[0])<<8|int(b[1]) != i {
 			t.Fatalf("item %d is %v", i, b)
 		}
 	}
-	if next := q.take(); len(next) != 1 || next[0][0] != 0xff {
+	if next := q.take(); len(next) != 1 || next[0].data[0] != 0xff {
 		t.Fatalf("next batch %v", next)
 	}
 }
@@ -43,13 +44,14 @@ func TestRxQueueConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for i := range n {
-			q.push([]byte{byte(i >> 16), byte(i >> 8), byte(i)})
+			q.push(fragment{data: []byte{byte(i >> 16), byte(i >> 8), byte(i)}})
 		}
 	})
 	taken, prev := 0, -1
 	for uint64(taken)+q.dropped.Load() < n {
 		<-q.ready
-		for _, b := range q.take() {
+		for _, f := range q.take() {
+			b := f.data
 			v := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
 			if v <= prev {
 				t.Fatalf("%d after %d", v, prev)

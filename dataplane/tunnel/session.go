@@ -308,48 +308,42 @@ func (s *QUICSession) read() {
 		if err != nil {
 			return
 		}
-		if f, err := parseFragment(b); err == nil && f.whole {
+		f, err := parseFragment(b)
+		switch {
+		case err != nil:
+			s.malformed.Add(1)
+		case f.whole:
 			s.route(f.flow, f.data)
-			continue
+		default:
+			s.rx.push(f)
 		}
-		s.rx.push(b)
 	}
 }
 
-// demux handles the fragments (and malformed datagrams) the reader
-// queued, all that are queued at a time, until the reader has stopped
-// and its queue is empty.
+// demux reassembles the fragments the reader queued, all that are queued
+// at a time, until the reader has stopped and its queue is empty.
 func (s *QUICSession) demux() {
 	defer close(s.demuxEnd)
 	for {
 		select {
 		case <-s.rx.ready:
 		case <-s.readEnd:
-			for _, b := range s.rx.take() {
-				s.handle(b)
+			for _, f := range s.rx.take() {
+				s.reassemble(f)
 			}
 			return
 		}
-		for _, b := range s.rx.take() {
-			s.handle(b)
+		for _, f := range s.rx.take() {
+			s.reassemble(f)
 		}
 	}
 }
 
-// handle routes one QUIC datagram: a whole flow datagram at once, a
-// fragment once its datagram is complete.
-func (s *QUICSession) handle(b []byte) {
-	f, err := parseFragment(b)
-	switch {
-	case err != nil:
-		s.malformed.Add(1)
-	case f.whole:
-		s.route(f.flow, f.data)
-	default:
-		if whole := s.reasm.add(f); whole != nil {
-			s.reassembled.Add(1)
-			s.route(f.flow, whole)
-		}
+// reassemble adds fragment f and routes its datagram once complete.
+func (s *QUICSession) reassemble(f fragment) {
+	if whole := s.reasm.add(f); whole != nil {
+		s.reassembled.Add(1)
+		s.route(f.flow, whole)
 	}
 }
 
