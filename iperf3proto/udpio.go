@@ -88,10 +88,11 @@ func (c connIO) WriteBatch(msgs []udpbatch.Message) (int, error) {
 // arrival time, not from when the reader woke) or GSO (send) turned on
 // when the kernel has them, else connIO. gso reports GSO for a sender.
 func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
-	if dc, ok := conn.(detachedConn); ok {
-		_ = dc.d.EnableGRO()
-		_ = dc.d.EnableRxTimestamps()
-		return dc.d, false
+	if dc, ok := conn.(*udpbatch.DetachedConn); ok {
+		d := dc.Detached()
+		_ = d.EnableGRO()
+		_ = d.EnableRxTimestamps()
+		return d, false
 	}
 	uc, ok := conn.(*net.UDPConn)
 	if !ok {
@@ -106,18 +107,6 @@ func batchIO(conn net.Conn, batch int, recv bool) (io datagramIO, gso bool) {
 	return bc, bc.EnableGSO() == nil
 }
 
-// detachedConn is a receiving UDP stream whose socket was taken out of
-// Go's netpoller (detachReceiver); closing it closes the socket and wakes
-// the reader. The embedded UDPConn is closed and answers only for its
-// addresses.
-type detachedConn struct {
-	*net.UDPConn
-	d *udpbatch.Detached
-}
-
-// Close closes the detached socket.
-func (c detachedConn) Close() error { return c.d.Close() }
-
 // detachReceiver returns conn ready for runUDPReceiver: a UDP socket is
 // taken out of the netpoller and coalesces its reads (udpRecvPause), so
 // the receiver sleeps in the kernel on its own thread and a datagram wakes
@@ -129,12 +118,12 @@ func detachReceiver(conn net.Conn, batch int) net.Conn {
 	if !ok {
 		return conn
 	}
-	d, err := udpbatch.Detach(uc, batch)
+	dc, err := udpbatch.DetachConn(uc, batch)
 	if err != nil {
 		return conn
 	}
-	_ = d.Coalesce(udpRecvPause) // best effort: without it every read may wait
-	return detachedConn{uc, d}
+	_ = dc.Detached().Coalesce(udpRecvPause) // best effort: without it every read may wait
+	return dc
 }
 
 // udpBatchSizes returns, for a test of streams UDP streams, how many

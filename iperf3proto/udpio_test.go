@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/packetparamedic/reflector/dataplane/udpbatch"
 )
 
 // coalesced builds one GRO-style buffer: a datagram of seg bytes per
@@ -155,8 +157,8 @@ func TestUDPReceiverDetached(t *testing.T) {
 	st := s.add(srv, false)
 	s.begin(time.Now())
 	s.startWorkers(false)
-	if _, ok := st.conn.(detachedConn); !ok {
-		t.Fatalf("receiver conn is %T, want detachedConn", st.conn)
+	if _, ok := st.conn.(*udpbatch.DetachedConn); !ok {
+		t.Fatalf("receiver conn is %T, want *udpbatch.DetachedConn", st.conn)
 	}
 	const n, size, late = 600, 200, 251
 	send := func(seq uint64) {

@@ -238,3 +238,6 @@ func (p *pollFD) close() error {
 // SyscallConn returns the raw socket, whose Read and Write wait in ppoll
 // on the calling thread.
 func (d *Detached) SyscallConn() (syscall.RawConn, error) { return d.fd, nil }
+
+// SyscallConn returns the raw socket (see Detached.SyscallConn).
+func (c *DetachedConn) SyscallConn() (syscall.RawConn, error) { return c.d.SyscallConn() }
